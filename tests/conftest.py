@@ -1,0 +1,21 @@
+"""Shared fixtures and markers for the fpcore test suite."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` when torch sees no CUDA device (the CPU suite passes on its own)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _quick_profile(monkeypatch):
+    """Unit tests run in the quick profile unless a test switches it itself."""
+    monkeypatch.setenv("FPCORE_PROFILE", "quick")
