@@ -33,7 +33,6 @@ _NATIVE = (torch.float32, torch.float64)
 
 # Written so that every per-element index comes straight from a range() loop: Numba then emits no
 # negative-index wrap-around and LLVM vectorises the k loop. Row views are taken once per time step.
-@njit(parallel=True, cache=False)
 def _forward_kernel(a2, b2, h0, out2, T, reverse, block):  # pragma: no cover - compiled
     # a2, b2, out2: [B * T, D] views of [B, T, D]; task = (batch row i, feature block j)
     BT, D = a2.shape
@@ -54,7 +53,6 @@ def _forward_kernel(a2, b2, h0, out2, T, reverse, block):  # pragma: no cover - 
                 orow[k] = v
 
 
-@njit(parallel=True, cache=False)
 def _backward_kernel(a2, grad2, h2, h0, g2, da2, T, reverse, block):  # pragma: no cover - compiled
     # forward reverse=False: g_t = grad_t + a_{t+1} g_{t+1} (t = T-1..0),  da_t = g_t * h_{t-1}, h_{-1} = h0
     # forward reverse=True:  g_t = grad_t + a_{t-1} g_{t-1} (t = 0..T-1),   da_t = g_t * h_{t+1}, h_T = h0
@@ -83,6 +81,15 @@ def _backward_kernel(a2, grad2, h2, h0, g2, da2, T, reverse, block):  # pragma: 
             for k in range(n):
                 grow[k] = g[k]
                 darow[k] = g[k] * hr[k]
+
+
+# Two compilations of each kernel: threads (prange) for big inputs, one thread for small ones, where
+# waking a thread pool on a busy machine can cost milliseconds (a scheduler tick) for microseconds of work.
+_PARALLEL_MIN_ELEMENTS = 1 << 18
+_forward_par = njit(parallel=True, cache=False)(_forward_kernel)
+_forward_ser = njit(parallel=False, cache=False)(_forward_kernel)
+_backward_par = njit(parallel=True, cache=False)(_backward_kernel)
+_backward_ser = njit(parallel=False, cache=False)(_backward_kernel)
 
 
 def _block(B: int, D: int) -> int:
@@ -148,7 +155,8 @@ def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: 
     h0 = torch.zeros(B, D, dtype=work) if h0 is None else h0.to(work)
     if out is None or out.dtype != work:
         out = _empty(B, T, D, work)
-    _forward_kernel(_np(a).reshape(B * T, D), _np(b).reshape(B * T, D), _np(h0), out.numpy().reshape(B * T, D),
+    fn = _forward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _forward_ser
+    fn(_np(a).reshape(B * T, D), _np(b).reshape(B * T, D), _np(h0), out.numpy().reshape(B * T, D),
                     T, bool(reverse), _block(B, D))  # [B, T, D] -> [B * T, D]: rows of one time step
     return out.to(out_dtype)
 
@@ -163,7 +171,8 @@ def scan_backward(a, h, h0, grad, *, reverse: bool):
     g = _empty(B, T, D, work)
     da = _empty(B, T, D, work)
     rows = lambda x: x.reshape(B * T, D)  # noqa: E731  [B, T, D] -> [B * T, D]
-    _backward_kernel(rows(_np(a_w)), rows(_np(grad_w)), rows(_np(h_w)), _np(h0_w), rows(g.numpy()), rows(da.numpy()),
+    fn = _backward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _backward_ser
+    fn(rows(_np(a_w)), rows(_np(grad_w)), rows(_np(h_w)), _np(h0_w), rows(g.numpy()), rows(da.numpy()),
                      T, bool(reverse), _block(B, D))
     first = T - 1 if reverse else 0  # dL/dh0 = a_first * g_first: h0 enters only the first step
     dh0 = a_w[:, first] * g[:, first]
