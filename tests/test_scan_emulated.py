@@ -164,14 +164,13 @@ def test_emulated_bf16_rounding_is_nearest_even(lib):
     """The kernel's bf16 store rounds like torch's float32 -> bfloat16 conversion."""
     vals = torch.tensor([1.0, 1.00390625, 1.01171875, 3.14159, -2.5e-3, 65504.0, 1e-30], dtype=torch.float32)
     B, T, D = 1, vals.numel(), 1
-    a = torch.zeros(B, T, D, dtype=torch.bfloat16)  # h_t = b_t: the store rounds fp32 accumulations of b
+    a = torch.zeros(B, T, D, dtype=torch.bfloat16)  # h_t = b_t: a load and a store must round-trip exactly
     b_exact = vals.view(B, T, D)
-    # feed b in fp32 through the f32 kernel, then check the bf16 kernel's conversion of values it computes
     h, _, _ = _launch(lib, a, b_exact.to(torch.bfloat16), None, reverse=False, shifted=False, sm_count=1)
     assert_close(h.float(), b_exact.to(torch.bfloat16).float(), rtol=0, atol=0)
     two = torch.full((1, 2, 1), 0.5, dtype=torch.bfloat16)
     b2 = torch.tensor([1.0, 1.0078125], dtype=torch.bfloat16).view(1, 2, 1)
     h2, _, _ = _launch(lib, two, b2, None, reverse=False, shifted=False, sm_count=1)
-    exact = torch.tensor([1.0, 0.5 * 1.0 + 1.0078125], dtype=torch.float32)  # 1.5078125 -> bf16
+    exact = torch.tensor([1.0, 0.5 * 1.0 + 1.0078125], dtype=torch.float32)  # 1.5078125: a tie, rounds to even
     assert_close(h2.view(-1).float(), exact.to(torch.bfloat16).float(), rtol=0, atol=0)
     assert np.isfinite(h2.float().numpy()).all()
