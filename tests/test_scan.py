@@ -56,9 +56,11 @@ def _case(seed: int):
     return bool(seed & 1), bool(seed & 2)
 
 
-def _skip_slow(backend: str, T: int):
+def _skip_slow(backend: str, T: int, dtype, seed: int):
     if backend == "ref" and T > 4099:
         pytest.skip("the ref loop is the oracle itself; at this T it only costs time")
+    if backend in ("hillis_steele", "blelloch") and T > 4099 and (dtype.itemsize == 2 or seed > 1):
+        pytest.skip("teaching tree scans at the longest T: fp32/fp64 and two seeds suffice")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -67,7 +69,7 @@ def _skip_slow(backend: str, T: int):
                          ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize("gates", ["mixed", "near_one"])
 def test_forward_matches_loop(backend, T, dtype, seed, gates):
-    _skip_slow(backend, T)
+    _skip_slow(backend, T, dtype, seed)
     use_h0, reverse = _case(seed)
     a, b, h0 = _inputs(seed, T, gates, dtype)
     h = linear_scan(a, b, h0 if use_h0 else None, reverse=reverse, backend=backend)
