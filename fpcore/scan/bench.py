@@ -18,9 +18,10 @@ HELP = "linear scan: providers x T x (B, D), fwd/bwd, GB/s, ratio to a memory-bo
 PROVIDERS = ("loop", "torch", "numba", "numba_out", "cupy", "accelerated_scan_warp", "accelerated_scan_scalar",
              "assoc_scan")
 MODES = ("fwd", "bwd", "fwdbwd")
+LOOP_MAX_ELEMENTS = 1 << 20  # the Python loop's backward is thousands of small ops: keep it to small points
 BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwdbwd": 8}  # tensors of N elements read or written, at minimum
 QUICK = {"shapes": [(8, 256), (1, 16)], "log2_t": (10, 20), "max_elements": 1 << 24, "repeat": 5,
-         "max_seconds": 0.25, "loop_max_t": 1024}
+         "max_seconds": 1.0, "loop_max_t": 1024}
 FULL = {"shapes": [(8, 256), (1, 1536), (8, 1536), (16, 64)], "log2_t": (10, 20), "max_elements": 1 << 30,
         "repeat": 10, "max_seconds": 2.0, "loop_max_t": 4096}
 
@@ -89,8 +90,8 @@ def _provider(name: str, device, T: int, args):
 
     cuda = torch.device(device).type == "cuda"
     if name == "loop":
-        if T > args.loop_max_t:
-            raise _Skip(f"loop only up to T={args.loop_max_t}")
+        if T > args.loop_max_t or T * args.loop_width > LOOP_MAX_ELEMENTS:
+            raise _Skip(f"loop only up to T={args.loop_max_t} and B*T*D <= {LOOP_MAX_ELEMENTS}")
         return lambda a, b: ref.loop(a, b)
     if name in ("torch", "numba", "cupy"):
         if name not in available_backends(device):
@@ -178,6 +179,7 @@ def run_sweep(args) -> dict:
     if not points:
         raise ValueError(f"no (B, T, D) point has B*T*D <= {max_el}; raise --max-elements")
     rows, dropped = [], {}
+    load_before = _loadavg()
     gen = torch.Generator(device="cpu").manual_seed(0)
     bar = tqdm(points, desc="bench scan", disable=args.no_progress, leave=False)
     for B, T, D in bar:
@@ -198,9 +200,10 @@ def run_sweep(args) -> dict:
         esize = a.element_size()
         for mode in args.modes:
             fns, errs, skips = {}, {}, {}
+            args.loop_width = B * D
             for name in args.providers:
-                if name in dropped.get((B, D), {}):
-                    skips[name] = dropped[(B, D)][name]
+                if name in dropped.get((B, D, mode), {}):
+                    skips[name] = dropped[(B, D, mode)][name]
                     continue
                 try:
                     fwd = _provider(name, device, T, args)
@@ -221,7 +224,7 @@ def run_sweep(args) -> dict:
                                  N * esize * BYTES_PER_ELEMENT[mode], t / (t_base * scale),
                                  timed[name]["min"] / (t_base_min * scale)))
                 if t > args.max_seconds:
-                    dropped.setdefault((B, D), {})[name] = f"dropped after {t:.1f} s at T={T}"
+                    dropped.setdefault((B, D, mode), {})[name] = f"{mode} dropped after {t:.1f} s at T={T}"
             for name, why in skips.items():
                 rows.append({"B": B, "T": T, "D": D, "mode": mode, "provider": name, "skipped": why})
         del href, da_ref, db_ref, a, b, gout
@@ -229,10 +232,22 @@ def run_sweep(args) -> dict:
         "config": {"dtype": args.dtype, "device": str(device), "shapes": shapes, "log2_t": [lo, hi],
                    "max_elements": max_el, "repeat": repeat, "warmup": args.warmup, "providers": args.providers,
                    "modes": args.modes, "gates": "U(0.9, 1)", "inputs": "N(0, 1)",
-                   "bytes_per_element": BYTES_PER_ELEMENT},
+                   "bytes_per_element": BYTES_PER_ELEMENT,
+                   "load_average_before_after": [load_before, _loadavg()],
+                   "cpu_threads": torch.get_num_threads()},
         "rows": rows,
         "targets": _targets(rows, device),
     }
+
+
+def _loadavg():
+    """1-minute load average (shared machines: context for noisy timings), or None where unknown."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _mode_fn(fwd, mode, a, b, gout, href, da_ref, db_ref, torch):
