@@ -330,7 +330,11 @@ def figure(payload: dict, title: str):
                               label=f"{prov} {mode}")
         ax.set(title=f"B={B}, D={D}", xlabel="T", ylabel="time (ms)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    seen = {}
+    for ax in axes[0]:  # one legend for all panels (a provider may run in one panel only)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    axes[0][-1].legend(seen.values(), seen.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -360,8 +364,10 @@ def run(args) -> int:
         extra = f" (ratio of best times {t['value_from_min_times']:.2f})" if "value_from_min_times" in t else ""
         print(f"target {key}: {t['value']:.2f}{extra} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
     if not args.no_save:
-        title = (f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__} "
-                 f"(solid: forward, dashed: forward+backward, black: memory-bound op)")
+        load = payload["config"]["load_average_before_after"]
+        title = (f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__}, load avg {load}\n"
+                 f"(solid: forward, dashed: forward+backward, black: memory-bound op; median of "
+                 f"{payload['config']['repeat']} interleaved rounds)")
         fig = figure(payload, title)
         name = args.name or f"scan_{bench.device_tag(device)}"
         for path in bench.save(name, payload, fig, device=device):
