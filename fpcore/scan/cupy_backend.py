@@ -55,6 +55,22 @@ def _module(device_index: int):
     return module
 
 
+_compile_errors: dict[int, str] = {}
+
+
+def usable(device_index: int) -> bool:
+    """Compile the kernels for this device now (first call only); False, with the reason kept in
+    ``_compile_errors``, if NVRTC or the driver refuses them. ``backend="auto"`` then uses torch."""
+    if device_index in _compile_errors:
+        return False
+    try:
+        _module(device_index)
+    except Exception as err:  # CompileException, a driver/toolkit mismatch, ...
+        _compile_errors[device_index] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
