@@ -15,6 +15,8 @@ import sys
 
 # Modules that contribute a command, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
+    "fpcore.data",
+    "fpcore.reproduce",
     "fpcore.bench",
 )
 
