@@ -171,6 +171,26 @@ class GILRLSTM(_Layer):
             self.proj.bias[0:H].fill_(forget_bias)  # surrogate gate
             self.proj.bias[2 * H:3 * H].fill_(forget_bias)  # LSTM forget gate
 
+    @torch.no_grad()
+    def chrono_init_(self, t_max: float) -> GILRLSTM:
+        """Chrono initialisation (Tallec & Ollivier, ICLR 2018) for dependencies up to ``t_max`` steps.
+
+        b_f ~ log(U(1, t_max - 1)) and b_i = -b_f, so the forget gates' characteristic memory times
+        1 / (1 - sigma(b_f)) spread over 1..t_max while the input gates start nearly shut (distractors
+        then add little to c); the surrogate's gate bias gets its own draw from the same law. In place.
+        """
+        if not t_max > 2:
+            raise ValueError(f"GILRLSTM.chrono_init_: t_max must be > 2, got {t_max}")
+        H, bias = self.hidden_size, self.proj.bias
+
+        def draw():
+            return torch.log(torch.empty(H, dtype=bias.dtype, device=bias.device).uniform_(1.0, t_max - 1.0))
+        bias[0:H] = draw()  # surrogate gate
+        b_f = draw()
+        bias[2 * H:3 * H] = b_f  # forget gate
+        bias[3 * H:4 * H] = -b_f  # input gate
+        return self
+
     def _cell_gates(self, pre_x: torch.Tensor, pre_h: torch.Tensor):
         """(f, i, o, z) from the input part [..., 4H] and the surrogate part [..., 4H]."""
         f, i, o, z = (pre_x + pre_h).chunk(4, dim=-1)
@@ -189,10 +209,10 @@ class GILRLSTM(_Layer):
         _check_input(self, x)
         s0, c0 = self._states(state, x)
         H = self.hidden_size
-        pre = self.proj(x)  # (B, T, 6H)
-        sg, si = torch.sigmoid(pre[..., :H]), torch.tanh(pre[..., H:2 * H])
+        sg, si, pre_x = self.proj(x).split([H, H, 4 * H], dim=-1)  # (B, T, H), (B, T, H), (B, T, 4H)
+        sg, si = torch.sigmoid(sg), torch.tanh(si)
         s = self._scan(sg, (1 - sg) * si, s0, backend)  # surrogate \tilde h, (B, T, H)
-        f, i, o, z = self._cell_gates(pre[..., 2 * H:], self.rec(_shift_right(s, s0)))  # gates read \tilde h_{t-1}
+        f, i, o, z = self._cell_gates(pre_x, self.rec(_shift_right(s, s0)))  # gates read \tilde h_{t-1}
         c = self._scan(f, i * z, c0, backend)  # c_t = f_t c_{t-1} + i_t z_t, (B, T, H)
         return o * c, (s[:, -1], c[:, -1])
 
