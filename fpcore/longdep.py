@@ -79,9 +79,10 @@ class LongDepConfig:
     results_dir: str | None = None  # (run) default: fpcore.results.results_dir()
     name: str | None = None  # (run) record file stem
     progress: bool = True  # (run) tqdm bar
+    threads: int | None = None  # (run) torch CPU threads during the run (restored after); None: leave as is
 
     RUN_FIELDS = ("max_iters", "max_time_s", "streak", "device", "backend", "checkpoint", "checkpoint_every",
-                  "resume", "save", "results_dir", "name", "progress")
+                  "resume", "save", "results_dir", "name", "progress", "threads")
 
     def validate(self) -> LongDepConfig:
         if self.model not in MODELS:
@@ -98,6 +99,8 @@ class LongDepConfig:
             raise ValueError(f"init must be 'chrono' or 'constant', got {self.init!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be None or a positive int, got {self.threads!r}")
         if self.resume and not self.checkpoint:
             raise ValueError("resume needs a checkpoint path")
         return self
@@ -185,12 +188,23 @@ def train_longdep(cfg: LongDepConfig) -> LongDepResult:
     Returns a :class:`LongDepResult`; writes ``results/<cfg.run_name()>.json`` when ``cfg.save``.
     Raises ValueError for a bad config or a checkpoint from a different experiment.
     """
+    cfg.validate()
+    if cfg.threads is None:
+        return _train(cfg)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # tiny models on a busy CPU: one thread avoids barrier stalls
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: LongDepConfig) -> LongDepResult:
     from tqdm.auto import tqdm
 
     from fpcore import config as fpconfig
     from fpcore.results import device_name, git_commit, save_json
 
-    cfg.validate()
     device = fpconfig.device(None if cfg.device == "auto" else cfg.device)
     dtype = getattr(torch, cfg.dtype)
     torch.manual_seed(cfg.seed)
@@ -274,7 +288,7 @@ def paper_configs(*, quick: bool) -> list[LongDepConfig]:
     """
     if quick:
         return [LongDepConfig(model="gilr-lstm", seq_len=1024, hidden=16, layers=1, batch=16, embed=16,
-                              lr=1e-2, max_iters=400, progress=False)]
+                              lr=1e-2, max_iters=400, progress=False, threads=1)]
     runs = []
     for T in (1024, 8192):
         for model in ("gilr-lstm", "lstm"):
@@ -357,6 +371,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-iters", type=_positive_int, default=d.max_iters, help=f"default {d.max_iters}")
     p.add_argument("--max-time", type=_positive_float, default=None, help="budget in seconds (default none)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads for the run (default: torch's)")
     p.add_argument("--backend", default="auto", help="linear_scan backend for gilr-lstm (default auto)")
     p.add_argument("--checkpoint", help="checkpoint file (written every --checkpoint-every steps and at the end)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every)
@@ -378,7 +393,7 @@ def _main(args) -> int:
                         seed=args.seed, max_iters=args.max_iters, max_time_s=args.max_time, device=args.device,
                         backend=args.backend, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                         resume=args.resume, save=not args.no_save, results_dir=args.results_dir, name=args.name,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, threads=args.threads)
     res = train_longdep(cfg)
     r = res.record
     print(f"{r['model']} T={r['seq_len']} {r['layers']}x{r['hidden']} batch {r['batch']}: "
