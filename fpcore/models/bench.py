@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
+    p.add_argument("--threads", type=int, help="torch CPU threads while timing (default: torch's; 1 is steadier "
+                   "on a busy machine)")
     p.add_argument("--name", help="result file stem (default surrogate_speed_<device>)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,6 +76,21 @@ def _flat(obj):
 
 def run_table(args) -> dict:
     """Measure every (model, T, provider) point; return the payload (config, rows, targets)."""
+    import torch
+
+    if getattr(args, "threads", None) is None:
+        return _run_table(args)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run_table(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_table(args) -> dict:
     import copy
 
     import torch
@@ -143,7 +160,7 @@ def run_table(args) -> dict:
     return {
         "config": {"device": str(device), "dtype": args.dtype, "hidden": H, "layers": prof["layers"],
                    "tokens_B_times_T": tokens, "seq_lens": seq_lens, "models": args.models,
-                   "providers": args.providers, "repeat": repeat, "warmup": args.warmup,
+                   "providers": args.providers, "repeat": repeat, "torch_threads": torch.get_num_threads(), "warmup": args.warmup,
                    "timed": "forward + backward (grads of x and all parameters)",
                    "error": "max |y - y_float64_loop| of the forward output"},
         "rows": rows,
