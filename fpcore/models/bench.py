@@ -230,3 +230,36 @@ def run(args) -> int:
         for path in bench.save(name, payload, figure(payload, title), device=device):
             print(f"wrote {path}")
     return 0
+
+
+def recorded(directory=None) -> list[tuple[str, dict]]:
+    """Every recorded speed table: ``[(path name, payload)]`` from results/surrogate_speed_*.json."""
+    from fpcore.results import find, load_json
+
+    return [(p.name, load_json(p)) for p in find("surrogate_speed_*.json", directory)]
+
+
+def summary(payload: dict) -> str:
+    """A recorded table, one line per (model, T): time per provider and the speed-up over the loop."""
+    from fpcore import bench
+
+    timed = [r for r in payload["rows"] if "ms" in r]
+    provs = list(dict.fromkeys(r["provider"] for r in timed))
+    out = []
+    for key in dict.fromkeys((r["model"], r["T"], r["B"]) for r in timed):
+        row = {"model": key[0], "T": key[1], "B": key[2]}
+        for r in timed:
+            if (r["model"], r["T"], r["B"]) == key:
+                row[f"{r['provider']} ms"] = r["ms"]
+                if r["provider"] != "loop":
+                    row[f"x_loop {r['provider']}"] = r["x_loop"]
+        out.append(row)
+    cols = ["model", "T", "B", *[f"{p} ms" for p in provs], *[f"x_loop {p}" for p in provs if p != "loop"]]
+    return bench.format_table(out, cols)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite from Python with command-line arguments: ``main(["--full"])``."""
+    parser = argparse.ArgumentParser(prog="python -m fpcore bench surrogates", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv or []))
