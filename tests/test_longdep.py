@@ -99,3 +99,16 @@ def test_cli_trains_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
             cli.main(argv)
         err = capsys.readouterr().err
         assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, argv
+
+
+def test_targets_are_read_off_recorded_runs():
+    from fpcore.longdep import targets
+
+    def rec(model, T, secs, ok=True):
+        return {"model": model, "seq_len": T, "wall_time_s": secs, "converged": ok}
+    t = targets([rec("gilr-lstm", 8192, 100.0), rec("gilr-lstm", 8192, 50.0), rec("lstm", 8192, 400.0, ok=False),
+                 rec("gilr-lstm", 2**20, 700.0)])
+    assert t["T8192_lstm_over_gilr_lstm_wall_time"]["value"] == 8.0 and t["T8192_lstm_over_gilr_lstm_wall_time"]["met"]
+    assert t["T8192_lstm_over_gilr_lstm_wall_time"]["lstm_converged"] is False
+    assert t["T1048576_gilr_lstm_wall_time_s"] == {"value": 700.0, "target": 600.0, "met": False}
+    assert targets([rec("lstm", 1024, 1.0)]) == {}

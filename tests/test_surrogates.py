@@ -167,3 +167,35 @@ def test_bad_state_and_sizes_raise_value_error():
         GILR(3, 0)
     with pytest.raises(ValueError, match="unknown backend"):
         GILR(3, 5)(x, backend="nope")
+
+
+def test_speed_suite_runs_small_and_every_provider_computes_the_same_model(tmp_path, capsys, monkeypatch):
+    from fpcore import cli
+
+    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path))
+    from fpcore.models import bench as speed
+
+    rc = cli.main(["bench", "surrogates", "--device", "cpu", "--hidden", "4", "--tokens", "64", "--seq-lens", "8,64",
+                   "--repeat", "1", "--warmup", "0", "--providers", "loop,torch", "--threads", "1", "--no-progress",
+                   "--name", "surrogate_speed_test"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "gilr-lstm" in out and "qrnn10" in out
+    (name, payload), = [t for t in speed.recorded() if t[0] == "surrogate_speed_test.json"]
+    rows = [r for r in payload["rows"] if "ms" in r]
+    assert {(r["model"], r["T"], r["B"], r["provider"]) for r in rows} == {
+        (m, T, 64 // T, p) for m in speed.MODELS for T in (8, 64) for p in ("loop", "torch")}
+    assert all(r["max_abs_err"] < 1e-5 and r["ms"] > 0 for r in rows)
+    assert "x_loop torch" in speed.summary(payload)
+    assert (tmp_path / "surrogate_speed_test.png").exists()
+
+
+def test_speed_suite_rejects_lengths_that_do_not_divide_the_tokens(capsys):
+    from fpcore import cli
+
+    with pytest.raises(ValueError, match="divide"):
+        from fpcore.models import bench as speed
+        speed.main(["--tokens", "64", "--seq-lens", "7", "--no-save"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "surrogates", "--models", "lstm"])
+    assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
