@@ -404,7 +404,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "longdep", help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C, section 6.1)",
         description="Train on Hochreiter & Schmidhuber problem 2b (sign of x_0 after T-1 random one-hots) until "
-                    f"{d.streak} consecutive minibatches are 100%% correct or the budget ends (exit 0; exit 3 if the budget ends first); writes "
+                    f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if the budget ends first); writes "
                     "results/longdep_<model>_T<T>_h<H>x<L>_s<seed>.json.")
     p.add_argument("--model", choices=MODELS, default=d.model, help=f"default {d.model}")
     p.add_argument("--seq-len", type=_seq_len, default=d.seq_len, help=f"T (default {d.seq_len}; up to 1048576)")
