@@ -235,6 +235,8 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     model.train()
     t0 = time.perf_counter() - elapsed
     while streak < cfg.streak and step < cfg.max_iters and (cfg.max_time_s is None or elapsed < cfg.max_time_s):
+        if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
+            torch.set_num_threads(cfg.threads)  # Numba's OpenMP start-up (first scan) resets torch's count
         symbols, labels = sign_batch(cfg.batch, cfg.seq_len, p=cfg.p, seed=cfg.seed, step=step, device=device)
         logits = model(symbols)
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(dtype))

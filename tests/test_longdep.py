@@ -30,9 +30,14 @@ def test_converges_on_a_tiny_length_and_writes_a_record(tmp_path, model):
     assert rec["meta"]["device_type"] == "cpu"
 
 
-def test_threads_are_restored_after_a_run():
+def test_threads_hold_during_a_run_and_are_restored_after(monkeypatch):
+    import fpcore.longdep as ld
+
+    seen, forward = [], ld.LongDepNet.forward
+    monkeypatch.setattr(ld.LongDepNet, "forward", lambda self, s: seen.append(torch.get_num_threads()) or forward(self, s))
     before = torch.get_num_threads()
-    train_longdep(LongDepConfig(max_iters=1, save=False, device="cpu", **TINY))
+    train_longdep(LongDepConfig(max_iters=3, save=False, device="cpu", **TINY))
+    assert seen == [1, 1, 1]  # even after the first scan starts Numba's thread pool
     assert torch.get_num_threads() == before
 
 
@@ -112,3 +117,14 @@ def test_targets_are_read_off_recorded_runs():
     assert t["T8192_lstm_over_gilr_lstm_wall_time"]["lstm_converged"] is False
     assert t["T1048576_gilr_lstm_wall_time_s"] == {"value": 700.0, "target": 600.0, "met": False}
     assert targets([rec("lstm", 1024, 1.0)]) == {}
+
+
+def test_profile_configs_are_valid_and_the_quick_one_is_cpu_sized():
+    from fpcore.longdep import paper_configs
+
+    quick, full = paper_configs(quick=True), paper_configs(quick=False)
+    assert all(c.validate() for c in quick + full)
+    assert len(quick) == 1 and quick[0].seq_len <= 4096 and quick[0].model == "gilr-lstm"
+    assert {(c.model, c.seq_len) for c in full} == {("gilr-lstm", 1024), ("lstm", 1024), ("gilr-lstm", 8192),
+                                                     ("lstm", 8192), ("gilr-lstm", 2**20)}
+    assert all((c.hidden, c.layers) == (512, 2) for c in full if c.seq_len <= 8192)  # paper C's size

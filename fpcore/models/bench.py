@@ -112,6 +112,7 @@ def _run_table(args) -> dict:
     if bad:
         raise ValueError(f"every T must divide B*T = {tokens}; these do not: {bad}")
     dtype = getattr(torch, args.dtype)
+    threads = getattr(args, "threads", None)
     here = set(available_backends(device))
     providers = [p for p in args.providers if _BACKEND[p] in here]
     not_here = [p for p in args.providers if p not in providers]
@@ -135,6 +136,8 @@ def _run_table(args) -> dict:
         del ref_model
 
         def step(backend):
+            if threads is not None and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # Numba's OpenMP start-up (first scan) resets torch's count
             y, _ = model(x, backend=backend)
             return torch.autograd.grad(y, leaves, gout)
 
