@@ -20,6 +20,7 @@ with the loop recurrence. Quick (default): H = 64, B T = 4,096, T in {16, 256, 4
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
 
@@ -160,8 +161,9 @@ def _run_table(args) -> dict:
             rows.append({"model": name, "T": T, "B": B, "H": H, "provider": p,
                          "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}"})
         del x, gout, y_ref, model
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # a shared machine's timings need this
     return {
-        "config": {"device": str(device), "dtype": args.dtype, "hidden": H, "layers": prof["layers"],
+        "config": {"device": str(device), "dtype": args.dtype, "load_average_1_5_15_min": load, "hidden": H, "layers": prof["layers"],
                    "tokens_B_times_T": tokens, "seq_lens": seq_lens, "models": args.models,
                    "providers": args.providers, "repeat": repeat, "torch_threads": torch.get_num_threads(), "warmup": args.warmup,
                    "timed": "forward + backward (grads of x and all parameters)",
