@@ -16,9 +16,9 @@ as if it had never stopped.
 Every finished run writes one record, ``results/longdep_<model>_T<seq_len>_h<hidden>x<layers>_s<seed>.json``
 (or ``cfg.name``), through :func:`fpcore.results.save_json`.
 
-CPU::
+CPU (notebook 02's quick run: about 130 iterations; 15-35 s measured on a busy 2-core machine, Numba's first compile included)::
 
-    python -m fpcore longdep --model gilr-lstm --seq-len 1024 --hidden 16 --layers 1 --batch 16 --lr 0.01
+    python -m fpcore longdep --seq-len 4096 --hidden 8 --layers 1 --batch 8 --embed 8 --lr 0.03 --threads 1
 
 GPU (paper scale; see :func:`paper_configs`)::
 
@@ -364,11 +364,11 @@ def records_table(records: list[dict[str, Any]]) -> str:
     """The recorded runs as a plain-text table (paper C, Table 3 layout)."""
     from fpcore.bench import format_table
 
-    rows = [{"model": r["model"], "T": r["seq_len"], "size": f"{r['layers']}x{r['hidden']}", "batch": r["batch"],
+    rows = [{"profile": r.get("meta", {}).get("profile", "-"), "model": r["model"], "T": r["seq_len"], "size": f"{r['layers']}x{r['hidden']}", "batch": r["batch"],
              "iterations": r["iterations"], "hours": r["wall_time_s"] / 3600, "converged": r["converged"],
              "GiB": r["peak_mem_bytes"] / 2**30, "device": r["device"], "commit": (r.get("commit") or "-")[:10]}
             for r in records]
-    return format_table(rows, ("model", "T", "size", "batch", "iterations", "hours", "converged", "GiB", "device",
+    return format_table(rows, ("profile", "model", "T", "size", "batch", "iterations", "hours", "converged", "GiB", "device",
                                "commit"))
 
 
