@@ -16,7 +16,8 @@ as if it had never stopped.
 Every finished run writes one record, ``results/longdep_<model>_T<seq_len>_h<hidden>x<layers>_s<seed>.json``
 (or ``cfg.name``), through :func:`fpcore.results.save_json`.
 
-CPU (notebook 02's quick run: about 130 iterations; 15-35 s measured on a busy 2-core machine, Numba's first compile included)::
+CPU (notebook 02's quick run: about 130 iterations; 15-35 s measured on a busy 2-core machine,
+Numba's first compile included)::
 
     python -m fpcore longdep --seq-len 4096 --hidden 8 --layers 1 --batch 8 --embed 8 --lr 0.03 --threads 1
 
@@ -364,11 +365,13 @@ def records_table(records: list[dict[str, Any]]) -> str:
     """The recorded runs as a plain-text table (paper C, Table 3 layout)."""
     from fpcore.bench import format_table
 
-    rows = [{"profile": r.get("meta", {}).get("profile", "-"), "model": r["model"], "T": r["seq_len"], "size": f"{r['layers']}x{r['hidden']}", "batch": r["batch"],
+    rows = [{"profile": r.get("meta", {}).get("profile", "-"), "model": r["model"], "T": r["seq_len"],
+             "size": f"{r['layers']}x{r['hidden']}", "batch": r["batch"],
              "iterations": r["iterations"], "hours": r["wall_time_s"] / 3600, "converged": r["converged"],
              "GiB": r["peak_mem_bytes"] / 2**30, "device": r["device"], "commit": (r.get("commit") or "-")[:10]}
             for r in records]
-    return format_table(rows, ("profile", "model", "T", "size", "batch", "iterations", "hours", "converged", "GiB", "device",
+    return format_table(rows, ("profile", "model", "T", "size", "batch", "iterations", "hours", "converged", "GiB",
+                               "device",
                                "commit"))
 
 
@@ -406,7 +409,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "longdep", help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C, section 6.1)",
         description="Train on Hochreiter & Schmidhuber problem 2b (sign of x_0 after T-1 random one-hots) until "
-                    f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if the budget ends first); writes "
+                    f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if "
+                    "the budget ends first); writes "
                     "results/longdep_<model>_T<T>_h<H>x<L>_s<seed>.json.")
     p.add_argument("--model", choices=MODELS, default=d.model, help=f"default {d.model}")
     p.add_argument("--seq-len", type=_seq_len, default=d.seq_len, help=f"T (default {d.seq_len}; up to 1048576)")
@@ -442,7 +446,8 @@ def _main(args) -> int:
     if not 0 <= args.seed < 2**31:
         args._parser.error(f"--seed must be in [0, 2^31), got {args.seed}")
     cfg = LongDepConfig(model=args.model, seq_len=args.seq_len, hidden=args.hidden, layers=args.layers,
-                        batch=args.batch, embed=args.embed, lr=args.lr, init=args.init, forget_bias=args.forget_bias, clip=args.clip,
+                        batch=args.batch, embed=args.embed, lr=args.lr, init=args.init, forget_bias=args.forget_bias,
+                        clip=args.clip,
                         seed=args.seed, max_iters=args.max_iters, max_time_s=args.max_time, device=args.device,
                         backend=args.backend, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                         resume=args.resume, save=not args.no_save, results_dir=args.results_dir, name=args.name,

@@ -34,7 +34,8 @@ def test_threads_hold_during_a_run_and_are_restored_after(monkeypatch):
     import fpcore.longdep as ld
 
     seen, forward = [], ld.LongDepNet.forward
-    monkeypatch.setattr(ld.LongDepNet, "forward", lambda self, s: seen.append(torch.get_num_threads()) or forward(self, s))
+    monkeypatch.setattr(ld.LongDepNet, "forward",
+                        lambda self, s: seen.append(torch.get_num_threads()) or forward(self, s))
     before = torch.get_num_threads()
     train_longdep(LongDepConfig(max_iters=3, save=False, device="cpu", **TINY))
     assert seen == [1, 1, 1]  # even after the first scan starts Numba's thread pool
@@ -79,7 +80,8 @@ def test_model_reads_the_lookup_inputs_like_dense_one_hots():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(model="gru"), "model"), (dict(seq_len=1), "seq_len"), (dict(seq_len=2**20 + 1), "seq_len"),
-    (dict(hidden=0), "hidden"), (dict(threads=0), "threads"), (dict(lr=0.0), "lr"), (dict(init="xavier"), "init"), (dict(resume=True), "checkpoint"),
+    (dict(hidden=0), "hidden"), (dict(threads=0), "threads"), (dict(lr=0.0), "lr"), (dict(init="xavier"), "init"),
+    (dict(resume=True), "checkpoint"),
 ])
 def test_bad_config_raises_value_error(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -163,9 +163,11 @@ def _run_table(args) -> dict:
         del x, gout, y_ref, model
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # a shared machine's timings need this
     return {
-        "config": {"device": str(device), "dtype": args.dtype, "load_average_1_5_15_min": load, "hidden": H, "layers": prof["layers"],
+        "config": {"device": str(device), "dtype": args.dtype, "load_average_1_5_15_min": load, "hidden": H,
+                   "layers": prof["layers"],
                    "tokens_B_times_T": tokens, "seq_lens": seq_lens, "models": args.models,
-                   "providers": args.providers, "repeat": repeat, "torch_threads": torch.get_num_threads(), "warmup": args.warmup,
+                   "providers": args.providers, "repeat": repeat, "torch_threads": torch.get_num_threads(),
+                   "warmup": args.warmup,
                    "timed": "forward + backward (grads of x and all parameters)",
                    "error": "max |y - y_float64_loop| of the forward output"},
         "rows": rows,
