@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "fpcore.data",
     "fpcore.reproduce",
     "fpcore.bench",
+    "fpcore.longdep",
 )
 
 

@@ -1,0 +1,272 @@
+"""Whole-model speed, parallel vs sequential recurrence (paper C, Table 2): SRU, QRNN(w=2), QRNN(w=10), GILR-LSTM.
+
+Each model is a 2-layer stack of width H with B x T fixed (paper: 2 x 256, B T = 65,536), so every
+point does the same arithmetic and only the shape of the recurrence changes. A point times one
+forward + backward pass (gradients of all parameters and of x) with the linear recurrences solved by
+each provider, everything else (projections, convolutions, gates) identical:
+
+- ``loop``: the step loop (:func:`fpcore.scan.ref.loop`, backend "ref"): T small ops per recurrence,
+  the sequential recurrence as plain PyTorch runs it;
+- ``numba`` (CPU): the compiled step loop, threads over (batch, feature): a *serial-in-T kernel*,
+  like paper C's serial baseline, and the fastest CPU scan;
+- ``torch``: the chunked three-phase parallel scan in torch ops;
+- ``cupy`` (CUDA): the parallel scan kernels.
+
+The table gives the median time, the speed-up over ``loop`` (``x_loop``) and over the serial kernel
+where one ran (``x_serial``), and the max-abs-error of the forward output against the float64 model
+with the loop recurrence. Quick (default): H = 64, B T = 4,096, T in {16, 256, 4096}, CPU-sized.
+``--full``: H = 256, B T = 65,536, T in {16, 256, 4096, 65536}. Writes results/surrogate_speed_<device>.json/.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
+
+MODELS = {"sru": ("sru", {}), "qrnn2": ("qrnn", {"window": 2}), "qrnn10": ("qrnn", {"window": 10}),
+          "gilr-lstm": ("gilr-lstm", {})}
+PROVIDERS = ("loop", "numba", "torch", "cupy")
+QUICK = {"hidden": 64, "layers": 2, "tokens": 4096, "seq_lens": [16, 256, 4096], "repeat": 3}
+FULL = {"hidden": 256, "layers": 2, "tokens": 65536, "seq_lens": [16, 256, 4096, 65536], "repeat": 5}
+_BACKEND = {"loop": "ref", "numba": "numba", "torch": "torch", "cupy": "cupy"}
+
+
+def _list(allowed, cast=str):
+    def parse(text: str):
+        try:
+            items = [cast(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError:
+            items = []
+        if not items or (allowed is not None and any(t not in allowed for t in items)):
+            choices = f"choose from {', '.join(allowed)}" if allowed else "a comma list of integers"
+            raise argparse.ArgumentTypeError(f"{choices}; got {text!r}")
+        return items
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
+    p.add_argument("--full", action="store_true", help="paper scale: H = 256, B*T = 65536, T up to 65536")
+    p.add_argument("--models", type=_list(tuple(MODELS)), default=list(MODELS),
+                   help=f"comma list from {', '.join(MODELS)} (default all)")
+    p.add_argument("--providers", type=_list(PROVIDERS), default=list(PROVIDERS),
+                   help=f"comma list from {', '.join(PROVIDERS)} (default: all that run here)")
+    p.add_argument("--hidden", type=int, help="width H of both layers (default: by profile)")
+    p.add_argument("--tokens", type=int, help="B * T, fixed (default: by profile)")
+    p.add_argument("--seq-lens", type=_list(None, int), help="T values, each dividing --tokens (default: by profile)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
+    p.add_argument("--threads", type=int, help="torch CPU threads while timing (default: torch's; 1 is steadier "
+                   "on a busy machine)")
+    p.add_argument("--name", help="result file stem (default surrogate_speed_<device>)")
+    p.add_argument("--no-save", action="store_true", help="print the table only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _flat(obj):
+    import torch
+
+    if obj is None:
+        return []
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    return [t for item in obj for t in _flat(item)]
+
+
+def run_table(args) -> dict:
+    """Measure every (model, T, provider) point; return the payload (config, rows, targets)."""
+    import torch
+
+    if getattr(args, "threads", None) is None:
+        return _run_table(args)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run_table(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_table(args) -> dict:
+    import copy
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from fpcore import bench, config
+    from fpcore.models import SurrogateStack
+    from fpcore.scan import available_backends
+
+    device = config.device(None if args.device == "auto" else args.device)
+    prof = FULL if (args.full or config.is_full()) else QUICK
+    H = args.hidden or prof["hidden"]
+    tokens = args.tokens or prof["tokens"]
+    seq_lens = args.seq_lens or prof["seq_lens"]
+    repeat = args.repeat or prof["repeat"]
+    if H < 1 or tokens < 1 or repeat < 1:
+        raise ValueError("--hidden, --tokens and --repeat must be positive")
+    bad = [T for T in seq_lens if T < 1 or tokens % T]
+    if bad:
+        raise ValueError(f"every T must divide B*T = {tokens}; these do not: {bad}")
+    dtype = getattr(torch, args.dtype)
+    threads = getattr(args, "threads", None)
+    here = set(available_backends(device))
+    providers = [p for p in args.providers if _BACKEND[p] in here]
+    not_here = [p for p in args.providers if p not in providers]
+    rows = []
+    points = [(m, T) for m in args.models for T in seq_lens]
+    bar = tqdm(points, desc="bench surrogates", disable=args.no_progress, leave=False)
+    for name, T in bar:
+        bar.set_postfix_str(f"{name} T={T}")
+        kind, kw = MODELS[name]
+        B = tokens // T
+        torch.manual_seed(0)
+        model = SurrogateStack(kind, H, H, prof["layers"], **kw).to(device=device, dtype=dtype)
+        gen = torch.Generator(device="cpu").manual_seed(T)
+        x = torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+        gout = torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype)
+        leaves = [x, *model.parameters()]
+        # float64 reference: the same weights, the loop recurrence
+        ref_model = copy.deepcopy(model).double()
+        with torch.no_grad():
+            y_ref = ref_model(x.detach().double(), backend="ref")[0]
+        del ref_model
+
+        def step(backend):
+            if threads is not None and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # Numba's OpenMP start-up (first scan) resets torch's count
+            y, _ = model(x, backend=backend)
+            return torch.autograd.grad(y, leaves, gout)
+
+        fns = {p: (lambda b=_BACKEND[p]: step(b)) for p in providers}
+        errs = {}
+        with torch.no_grad():
+            for p in providers:
+                errs[p] = (model(x, backend=_BACKEND[p])[0].double() - y_ref).abs().max().item()
+        timed = bench.time_side_by_side(fns, device=device, warmup=args.warmup, repeat=repeat)
+        t_loop = timed["loop"]["median"] if "loop" in timed else None
+        serial = "numba" if "numba" in timed else None
+        for p in providers:
+            t = timed[p]["median"]
+            rows.append({"model": name, "T": T, "B": B, "H": H, "provider": p, "ms": t * 1e3,
+                         "min_ms": timed[p]["min"] * 1e3,
+                         "x_loop": (t_loop / t) if t_loop else None,
+                         "x_serial": (timed[serial]["median"] / t) if serial else None,
+                         "max_abs_err": errs[p]})
+        for p in not_here:
+            rows.append({"model": name, "T": T, "B": B, "H": H, "provider": p,
+                         "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}"})
+        del x, gout, y_ref, model
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # a shared machine's timings need this
+    return {
+        "config": {"device": str(device), "dtype": args.dtype, "load_average_1_5_15_min": load, "hidden": H,
+                   "layers": prof["layers"],
+                   "tokens_B_times_T": tokens, "seq_lens": seq_lens, "models": args.models,
+                   "providers": args.providers, "repeat": repeat, "torch_threads": torch.get_num_threads(),
+                   "warmup": args.warmup,
+                   "timed": "forward + backward (grads of x and all parameters)",
+                   "error": "max |y - y_float64_loop| of the forward output"},
+        "rows": rows,
+        "targets": _targets(rows, device),
+    }
+
+
+def _targets(rows, device) -> dict:
+    """Issue 6's speed target, read off this run's rows where the point was measured."""
+    import torch
+
+    out = {}
+    if torch.device(device).type == "cuda":
+        for r in rows:
+            if (r["model"], r["T"], r["provider"]) == ("sru", 65536, "cupy") and "ms" in r and r["x_loop"]:
+                out["sru_T65536_cupy_over_loop"] = {"value": r["x_loop"], "target": 9.0, "met": r["x_loop"] >= 9.0}
+    return out
+
+
+COLUMNS = ("model", "T", "B", "H", "provider", "ms", "x_loop", "x_serial", "max_abs_err")
+
+
+def figure(payload: dict, title: str):
+    """Speed-up over the loop recurrence vs T, one line per (model, provider)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in payload["rows"] if "ms" in r and r["provider"] != "loop" and r.get("x_loop")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    styles = {"numba": ":", "torch": "--", "cupy": "-"}
+    for i, m in enumerate(models):
+        for prov in dict.fromkeys(r["provider"] for r in rows):
+            pts = sorted((r["T"], r["x_loop"]) for r in rows if (r["model"], r["provider"]) == (m, prov))
+            if pts:
+                ax.semilogx(*zip(*pts), styles.get(prov, "-"), marker="o", color=f"C{i}", label=f"{m} ({prov})")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set(xlabel="T (B = B*T / T)", ylabel="speed-up over the loop recurrence (fwd+bwd)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def run(args) -> int:
+    """Entry point of ``python -m fpcore bench surrogates``."""
+    import torch
+
+    from fpcore import bench
+    from fpcore.results import device_name
+
+    payload = run_table(args)
+    device = torch.device(payload["config"]["device"])
+    print(bench.format_table([r for r in payload["rows"] if "ms" in r], COLUMNS))
+    for why in sorted({f"{r['provider']}: {r['skipped']}" for r in payload["rows"] if "skipped" in r}):
+        print(f"not run: {why}")
+    for key, t in payload["targets"].items():
+        print(f"target {key}: {t['value']:.2f} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
+    if not args.no_save:
+        c = payload["config"]
+        title = (f"{c['layers']} layers x {c['hidden']}, B*T = {c['tokens_B_times_T']}, {c['dtype']}, fwd+bwd, "
+                 f"{device_name(device)}, torch {torch.__version__}")
+        name = args.name or f"surrogate_speed_{bench.device_tag(device)}"
+        for path in bench.save(name, payload, figure(payload, title), device=device):
+            print(f"wrote {path}")
+    return 0
+
+
+def recorded(directory=None) -> list[tuple[str, dict]]:
+    """Every recorded speed table: ``[(path name, payload)]`` from results/surrogate_speed_*.json."""
+    from fpcore.results import find, load_json
+
+    return [(p.name, load_json(p)) for p in find("surrogate_speed_*.json", directory)]
+
+
+def summary(payload: dict) -> str:
+    """A recorded table, one line per (model, T): time per provider and the speed-up over the loop."""
+    from fpcore import bench
+
+    timed = [r for r in payload["rows"] if "ms" in r]
+    provs = list(dict.fromkeys(r["provider"] for r in timed))
+    out = []
+    for key in dict.fromkeys((r["model"], r["T"], r["B"]) for r in timed):
+        row = {"model": key[0], "T": key[1], "B": key[2]}
+        for r in timed:
+            if (r["model"], r["T"], r["B"]) == key:
+                row[f"{r['provider']} ms"] = r["ms"]
+                if r["provider"] != "loop":
+                    row[f"x_loop {r['provider']}"] = r["x_loop"]
+        out.append(row)
+    cols = ["model", "T", "B", *[f"{p} ms" for p in provs], *[f"x_loop {p}" for p in provs if p != "loop"]]
+    return bench.format_table(out, cols)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite from Python with command-line arguments: ``main(["--full"])``."""
+    parser = argparse.ArgumentParser(prog="python -m fpcore bench surrogates", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv or []))
