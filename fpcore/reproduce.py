@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def run_notebook(path: Path, out: Path, *, timeout: int | None) -> tuple[bool, f
         client.execute()
     except CellExecutionError as err:
         ok = False
-        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # drop the traceback's terminal colours
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         error = lines[-1] if lines else type(err).__name__
     except Exception as err:  # a dead kernel or a timeout: keep going with the next notebook
         ok, error = False, f"{type(err).__name__}: {err}"
