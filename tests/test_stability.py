@@ -186,7 +186,15 @@ def test_local_contraction_is_the_jacobian_norm_along_the_trajectory():
     J = (1 - h ** 2)[..., :, None] * rnn.weight_hh_l0.detach()  # diag(tanh') W
     torch.testing.assert_close(norms, torch.linalg.matrix_norm(J, ord=2), rtol=1e-4, atol=1e-5)
     assert bool((norms <= st.contraction_bound(rnn) + 1e-5).all())
-    assert h_prev.shape == h.shape
+    # k steps: the norm of the product of the k Jacobians ending at t
+    norms3 = st.local_contraction(rnn, x, k=3)
+    assert norms3.shape == (2, 7)
+    J_prev = (1 - h_prev ** 2)[..., :, None] * rnn.weight_hh_l0.detach()
+    assert torch.equal(J_prev[:, 1:], J[:, :-1])
+    prod = J[:, 2:] @ J[:, 1:-1] @ J[:, :-2]  # d h_t / d h_{t-3}, t = 3..9 (1-based)
+    torch.testing.assert_close(norms3, torch.linalg.matrix_norm(prod, ord=2), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="k must be"):
+        st.local_contraction(rnn, x, k=10)
 
 
 @pytest.mark.parametrize("lam", [0.5, 0.9])
@@ -203,7 +211,10 @@ def test_truncation_error_obeys_the_lambda_k_bound(lam):
     # and the truncated model is cells.truncated, paper B's definition
     cell = cells.from_torch(rnn)
     k5 = cells.truncated(cell, x, 5)
-    assert float((rnn(x)[0] - k5).norm(dim=-1).max()) == pytest.approx(float(res["error"][4]), rel=1e-9)
+    assert float((rnn(x)[0].detach() - k5).norm(dim=-1).max()) == pytest.approx(float(res["error"][4]), rel=1e-9)
+    # a stack goes through the solver, one layer at a time; a one-layer "stack" must agree with the sweep
+    stack = cells.CellStack([cell])
+    torch.testing.assert_close(st.truncation_errors(stack, x, ks=[3, 7])["error"], res["error"][[2, 6]])
 
 
 def test_unstable_rnn_breaks_the_bound():
