@@ -17,6 +17,7 @@ import sys
 COMMANDS: tuple[str, ...] = (
     "fpcore.data",
     "fpcore.reproduce",
+    "fpcore.train",
 )
 
 
