@@ -17,8 +17,9 @@ import sys
 COMMANDS: tuple[str, ...] = (
     "fpcore.data",
     "fpcore.reproduce",
-    "fpcore.bench",
+    "fpcore.train",
     "fpcore.longdep",
+    "fpcore.bench",
 )
 
 

@@ -483,6 +483,17 @@ class LMBatches:
             self.streams = self.streams.to(device)
         self.batch_size, self.bptt = batch_size, bptt
 
+    @classmethod
+    def from_streams(cls, streams: torch.Tensor, bptt: int) -> LMBatches:
+        """Windows over streams already cut by :func:`batchify` ([B, L]; e.g. one process's share)."""
+        if streams.dim() != 2 or streams.size(1) < 2:
+            raise ValueError(f"streams must be [B, L] with L >= 2, got shape {tuple(streams.shape)}")
+        if bptt < 1:
+            raise ValueError(f"bptt must be >= 1, got {bptt}")
+        self = cls.__new__(cls)
+        self.streams, self.batch_size, self.bptt = streams, streams.size(0), bptt
+        return self
+
     def __len__(self) -> int:
         return -(-(self.streams.size(1) - 1) // self.bptt)  # ceil((L - 1) / bptt)
 

@@ -34,3 +34,88 @@ def corpus_overview(corpus, split: str = "train"):
     fig.suptitle(f"{corpus.name}: {ids.numel():,} {split} tokens")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Stability and truncation (notebook 04)
+# ------------------------------------------------------------------------------------------------
+def plot_truncation(curves: dict, ax=None):
+    """Error of the k-truncated model against k, one line per model, with its lambda^k bound if known.
+
+    ``curves``: label -> (result of :func:`fpcore.stability.truncation_errors`, lambda or None).
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
+    for i, (label, (res, lam)) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.semilogy(res["k"], res["error"].clamp_min(1e-16), "o-", ms=3, color=color, label=label)
+        if lam is not None and lam < 1:
+            ax.semilogy(res["k"], lam ** res["k"].double() * res["scale"], "--", color=color,
+                        label=rf"bound $\lambda^k \max\|h\|$, $\lambda$={lam:.2f}")
+    ax.set(xlabel="window k", ylabel=r"$\max_t \|h_t - h_t^{(k)}\|_2$", title="truncated vs recurrent")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_twins(histories: dict, ax=None):
+    """Weight distance between recurrent and truncated twins over training; ``histories``: label -> TwinHistory."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
+    for label, h in histories.items():
+        ax.plot(h.steps, h.distance, label=label, ls="-" if "stable" in label and "unstable" not in label else ":")
+    ax.set(xlabel="SGD step", ylabel=r"$\|\theta_{rec} - \theta_{trunc}\|_2$", yscale="log",
+           title="training: recurrent vs truncated twin")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_contraction(norms_by_k: dict, ax=None):
+    """Histograms of log10 ||ds_t/ds_{t-k}||_2 over (batch, t), one per k, with the line at 1."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
+    for k, n in norms_by_k.items():
+        frac = float((n < 1).double().mean())
+        ax.hist(n.double().clamp_min(1e-30).log10().flatten().numpy(), bins=40, alpha=0.6,
+                label=f"k={k}: {frac:.0%} contractive")
+    ax.axvline(0.0, color="k", ls=":")
+    ax.set(xlabel=r"$\log_{10}\|\partial h_t / \partial h_{t-k}\|_2$", ylabel="(t, batch) pairs",
+           title="data-dependent stability")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def truncation_explorer(hidden: int = 32, length: int = 60, seed: int = 0):
+    """An ipywidgets panel: move lambda (the RNN's ||W||_2) and k, see the truncation error and one unit."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from torch import nn
+
+    from fpcore import cells, stability
+
+    torch.manual_seed(seed)
+    rnn = nn.RNN(4, hidden, batch_first=True).double()
+    W0 = rnn.weight_hh_l0.detach().clone()
+    W0 /= stability.spectral_norm(W0)
+    x = torch.randn(1, length, 4, dtype=torch.double)
+
+    def show(lam=0.8, k=5):
+        with torch.no_grad():
+            rnn.weight_hh_l0.copy_(lam * W0)
+        res = stability.truncation_errors(rnn, x, ks=range(1, length + 1))
+        h = rnn(x)[0][0, :, 0].detach()
+        hk = cells.truncated(cells.from_torch(rnn), x, k)[0, :, 0]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+        plot_truncation({f"tanh RNN, ||W||={lam:.2f}": (res, lam)}, a1)
+        a1.axvline(k, color="gray", ls=":")
+        a2.plot(h, label="recurrent $h_t$ (unit 0)")
+        a2.plot(hk, "--", label=f"truncated, k={k}")
+        a2.set(xlabel="t", title=f"error at k={k}: {float(res['error'][k - 1]):.2e}")
+        a2.legend(fontsize=8)
+        plt.show()
+
+    return widgets.interactive(show, lam=widgets.FloatSlider(value=0.8, min=0.2, max=2.0, step=0.05,
+                                                             description="λ = ||W||₂"),
+                               k=widgets.IntSlider(value=5, min=1, max=length, description="window k"))

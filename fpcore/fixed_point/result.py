@@ -1,0 +1,47 @@
+"""The object every solver returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+__all__ = ["FixedPointResult", "DivergenceWarning"]
+
+
+class DivergenceWarning(RuntimeWarning):
+    """A solver's iterates became non-finite or its residuals grew: the best iterate was returned."""
+
+
+@dataclass
+class FixedPointResult:
+    """What :func:`fpcore.fixed_point.solve` found.
+
+    outputs     [B, T, H]  what the torch layer outputs (``h``; for a stack, the last layer's)
+    states      [B, T, S]  the packed states (S = H, or 2H for the LSTM's [h, c]; stack: last layer)
+    iterations  solver iterations run (stack: summed over layers)
+    residuals   one float per iteration: max |S^(k+1) - S^(k)| over batch, time and features
+    converged   True when the last residual is <= tol, or T iterations ran (every method is exact after
+                T iterations from any start, by causality); False on divergence or an early ``iters`` stop
+    diverged    True when the iterates became non-finite or the residuals grew (see ``message``)
+    fp_residual max |F(S) - S| of the returned states (the fixed-point residual; 0 at the exact answer)
+    layers      per-layer results for a :class:`~fpcore.cells.CellStack` (empty for one cell)
+    """
+
+    outputs: Tensor
+    states: Tensor
+    iterations: int
+    residuals: list[float]
+    converged: bool
+    method: str
+    tol: float
+    diverged: bool = False
+    fp_residual: float = float("nan")
+    message: str = ""
+    final: object = None
+    layers: list["FixedPointResult"] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        B, T, H = self.outputs.shape
+        last = f"{self.residuals[-1]:.2e}" if self.residuals else "-"
+        return (f"FixedPointResult(method={self.method!r}, outputs=[{B}, {T}, {H}], iterations={self.iterations}, "
+                f"last residual={last}, converged={self.converged}, diverged={self.diverged})")

@@ -1,0 +1,239 @@
+"""The fixed-point engine: one loop, four ways to linearise the step (see DESIGN.md).
+
+The trajectory S = (s_1..s_T) of a recurrent layer is the fixed point of F(S)_t = f(s_{t-1}, x_t) with
+s_0 = h_0 given. Every method iterates S^(k) -> S^(k+1) from a start (zeros unless ``init``), computing
+F(S^(k)) for all t at once; they differ only in the step:
+
+    "jacobi"        S <- F(S)                                     (paper A)     fpcore.fixed_point.jacobi
+    "quasi_newton"  S <- S + d, d_t = diag(J_t) d_{t-1} + r_t     (quasi-DEER)  ... .quasi_newton
+    "newton"        S <- S + d, d_t = J_t d_{t-1} + r_t           (DEER)        ... .newton
+    "damped"        Newton with J shrunk by a trust region alpha  (ELK-style)   ... .damped
+
+(r = F(S) - S.) All four are causal: an iteration makes at least one more position exact, so each is
+exact after T iterations, and none ever runs more than T.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from fpcore.cells import Cell, CellStack
+
+from . import damped, jacobi, newton, quasi_newton
+from .implicit import ImplicitAdjoint, adjoint_jacobi, adjoint_scan
+from .result import DivergenceWarning, FixedPointResult
+
+__all__ = ["solve", "METHODS", "default_tol"]
+
+METHODS: dict[str, Callable] = {
+    "jacobi": jacobi.step,
+    "quasi_newton": quasi_newton.step,
+    "newton": newton.step,
+    "damped": damped.step,
+}
+GRADS = ("unrolled", "implicit", "none")
+ADJOINTS = ("scan", "jacobi")
+GROWTH = 1e3  # residual growth (vs the smallest seen) that counts as divergence, for the Newton family
+
+
+def _maxabs(t: Tensor) -> float:
+    return float(t.detach().abs().max())
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Stopping tolerance when none is given: 1e-10 (float64), 1e-6 (float32), 1e-3 (half types)."""
+    return {torch.float64: 1e-10, torch.float32: 1e-6}.get(dtype, 1e-3)
+
+
+@dataclass
+class _Context:
+    """What a method's step may use: the cell, the prepared inputs u, the initial state and scratch."""
+
+    cell: Cell
+    u: Tensor  # (B, T, G)
+    s0: Tensor  # (B, S)
+    backend: str
+    state: dict = field(default_factory=dict)
+
+    def prev(self, S: Tensor) -> Tensor:
+        """(s_0, s_1, ..., s_{T-1}): the states each position's step reads, [B, T, S]."""
+        return torch.cat([self.s0[:, None], S[:, :-1]], dim=1)
+
+    def F(self, S: Tensor) -> Tensor:
+        """F(S)_t = f(s_{t-1}, x_t) for all t at once, [B, T, S]."""
+        return self.cell.step(self.prev(S), self.u)
+
+
+def _check(cell, x, method, iters, tol, grad, adjoint):
+    if not isinstance(cell, (Cell, CellStack)):
+        raise ValueError(f"cell must be an fpcore.cells.Cell or CellStack (see cells.from_torch), "
+                         f"got {type(cell).__name__}")
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a batch-first tensor [B, T, D], got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
+    if x.shape[-1] != cell.input_size:
+        raise ValueError(f"x has {x.shape[-1]} features, the cell expects input_size={cell.input_size}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
+        raise ValueError(f"iters must be an int >= 1 (or None), got {iters!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0 (or None), got {tol!r}")
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"adjoint must be one of {', '.join(ADJOINTS)}, got {adjoint!r}")
+
+
+def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None = None,
+          tol: float | None = None, init=None, grad: str = "unrolled", adjoint: str = "scan",
+          backend: str = "auto") -> FixedPointResult:
+    """Solve a recurrent layer for all t at once as the fixed point S = F(S), F(S)_t = f(s_{t-1}, x_t).
+
+    cell    an :class:`fpcore.cells.Cell` or :class:`~fpcore.cells.CellStack` (``cells.from_torch(module)``)
+    x       [B, T, D] batch-first inputs (any float dtype; the cell's parameters must match it)
+    h0      initial state: [B, H] (LSTM: (h0, c0) or packed [B, 2H]; a stack: torch's [L, B, H]); None = 0
+    method  "jacobi" | "quasi_newton" | "newton" | "damped" (see the module docstring)
+    iters   at most this many iterations (capped at T). ``iters=k`` with "jacobi" from the zero start is
+            paper A's k-th order approximation = paper B's k-window truncated model.
+    tol     stop when max |S^(k+1) - S^(k)| <= tol. With neither ``iters`` nor ``tol``: tol =
+            :func:`default_tol` of the dtype. With only ``iters``: run them all (stopping only at an exact
+            fixed point); ``converged`` is then judged against the default tol.
+    init    starting iterate [B, T, S] (packed states; a stack: a list, one per layer); None = zeros
+    grad    "unrolled": autograd through the iterations (the approximate model trained as evaluated);
+            "implicit": the fixed point's gradient by the adjoint recursion (``adjoint="scan"`` with full
+            Jacobians and the matrix scan, or ``"jacobi"`` by vector-Jacobian products), assuming
+            convergence; "none": run under no_grad.
+    backend the :func:`fpcore.linear_scan` backend quasi-Newton uses.
+
+    Divergence (non-finite iterates, or for the Newton family a residual GROWTH = 1e3 times the smallest
+    seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
+    residual max |F(S) - S| is returned with ``converged=False, diverged=True``. Jacobi cannot diverge on
+    a bounded cell (each iteration makes one more position exact whatever its residual does), so for it
+    only non-finite values count.
+
+    Returns a :class:`FixedPointResult` (``.outputs`` [B, T, H], ``.states`` [B, T, S], ``.iterations``,
+    ``.residuals``, ``.converged``). Raises ValueError on bad input.
+    """
+    _check(cell, x, method, iters, tol, grad, adjoint)
+    if isinstance(cell, CellStack):
+        if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(cell)):
+            raise ValueError(f"init for a {len(cell)}-layer stack must be a list of {len(cell)} tensors or None")
+        layers, inp = [], x
+        for i, c in enumerate(cell):
+            r = _solve_cell(c, inp, cell.layer_h0(h0, i), method, iters, tol,
+                            None if init is None else init[i], grad, adjoint, backend)
+            layers.append(r)
+            inp = r.outputs
+        last = layers[-1]
+        finals = [r.final for r in layers]
+        if isinstance(finals[0], tuple):
+            final = tuple(torch.cat([f[j] for f in finals]) for j in range(2))
+        else:
+            final = torch.cat(finals)
+        return FixedPointResult(
+            outputs=last.outputs, states=last.states, iterations=sum(r.iterations for r in layers),
+            residuals=[v for r in layers for v in r.residuals], converged=all(r.converged for r in layers),
+            method=method, tol=last.tol, diverged=any(r.diverged for r in layers),
+            fp_residual=max(r.fp_residual for r in layers), message="; ".join(r.message for r in layers if r.message),
+            final=final, layers=layers)
+    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend)
+
+
+def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend) -> FixedPointResult:
+    B, T, _ = x.shape
+    want_grad = torch.is_grad_enabled() and grad == "unrolled"
+    with torch.set_grad_enabled(want_grad or (grad == "implicit" and torch.is_grad_enabled())):
+        u = cell.prepare(x)  # (B, T, G): the input-only part, computed once
+        s0 = cell.initial_state(h0, B, dtype=u.dtype, device=u.device)  # (B, S)
+    Sdim = cell.state_size
+    if init is not None:
+        if not isinstance(init, Tensor) or init.shape != (B, T, Sdim):
+            raise ValueError(f"init must be packed states [B, T, S] = [{B}, {T}, {Sdim}], got "
+                             f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
+    check_tol = tol if tol is not None else default_tol(u.dtype)
+    stop_tol = tol if tol is not None else (0.0 if iters is not None else check_tol)
+    max_iters = T if iters is None else min(iters, T)
+
+    with torch.set_grad_enabled(want_grad):
+        ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
+        S, residuals, converged, diverged, fp_res, message = _iterate(
+            ctx, method, init, max_iters, stop_tol, check_tol, T)
+
+    if grad == "implicit" and torch.is_grad_enabled():
+        if not converged:
+            warnings.warn(f"grad='implicit' differentiates the fixed point, but {method} did not converge "
+                          f"(last residual {residuals[-1]:.2e}): the gradient is approximate", stacklevel=3)
+        S = _attach_implicit(cell, u, s0, S.detach(), adjoint, check_tol, T)
+    return FixedPointResult(outputs=cell.output(S), states=S, iterations=len(residuals), residuals=residuals,
+                            converged=converged, method=method, tol=check_tol, diverged=diverged,
+                            fp_residual=fp_res, message=message, final=cell.final_state(S[:, -1]))
+
+
+def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T):
+    step = METHODS[method]
+    B, T_, _ = ctx.u.shape
+    S = init.to(ctx.u.dtype) if init is not None else ctx.u.new_zeros(B, T_, ctx.cell.state_size)
+    FS = ctx.F(S)
+    fp = _maxabs(FS - S)
+    best = (fp if math.isfinite(fp) else math.inf, S, 0)  # (fixed-point residual, iterate, iteration)
+    residuals: list[float] = []
+    converged = diverged = False
+    message = ""
+    for k in range(1, max_iters + 1):
+        S_new, FS_new = step(ctx, S, FS)
+        change = _maxabs(S_new - S)
+        residuals.append(change)
+        S = S_new
+        FS = ctx.F(S) if FS_new is None else FS_new
+        fp = _maxabs(FS - S)
+        if not (math.isfinite(change) and math.isfinite(fp)):
+            diverged, message = True, f"{method}: non-finite iterate at iteration {k}"
+            break
+        if fp < best[0]:
+            best = (fp, S, k)
+        if change <= stop_tol:
+            converged = change <= check_tol
+            break
+        if method != "jacobi" and fp > GROWTH * max(best[0], check_tol):
+            diverged = True
+            message = (f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen "
+                       f"({best[0]:.2e}) at iteration {k}")
+            break
+    else:
+        # max_iters ran out: exact after T iterations by causality; otherwise judge the last change
+        converged = max_iters >= T or (bool(residuals) and residuals[-1] <= check_tol)
+    if diverged:
+        fp, S, k_best = best
+        message += f"; returning the best iterate (iteration {k_best}, max |F(S) - S| = {fp:.2e})"
+        if method != "damped":
+            message += "; try method='damped' (or 'jacobi', exact after T iterations)"
+        warnings.warn(message, DivergenceWarning, stacklevel=4)
+    return S, residuals, converged and not diverged, diverged, fp, message
+
+
+def _attach_implicit(cell, u, s0, S_star, adjoint, tol, T):
+    """One differentiable application of F at S*, whose backward solves the adjoint (see implicit.py)."""
+    u_d, s0_d = u.detach(), s0.detach()
+    prev_d = torch.cat([s0_d[:, None], S_star[:, :-1]], dim=1)  # (B, T, S), detached
+
+    def F_det(S):
+        return cell.step(torch.cat([s0_d[:, None], S[:, :-1]], dim=1), u_d)
+
+    def solver(grad):
+        if adjoint == "scan":
+            with torch.no_grad():
+                return adjoint_scan(cell.jacobian(prev_d, u_d), grad)
+        return adjoint_jacobi(F_det, S_star, grad, tol, T)
+
+    FS = cell.step(torch.cat([s0[:, None], S_star[:, :-1]], dim=1), u)  # same value as S*, with a graph
+    return ImplicitAdjoint.apply(FS, solver)

@@ -1,0 +1,211 @@
+"""fpcore.fixed_point.solve: every method equals torch.nn; Jacobi's Markov orders; divergence; bad input."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from fpcore import cells
+from fpcore.fixed_point import METHODS, DivergenceWarning, solve
+
+F64 = torch.float64
+KINDS = ["tanh", "relu", "gru", "lstm"]
+
+
+def make(kind, D=3, H=6, layers=1, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    if kind == "relu":
+        m = nn.RNN(D, H, num_layers=layers, nonlinearity="relu", batch_first=True)
+    else:
+        m = {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](D, H, num_layers=layers, batch_first=True)
+    return m.to(dtype)
+
+
+def chaotic_rnn(H=8, D=3, norm=3.0, seed=0, dtype=F64):
+    """A tanh RNN with ||W_hh||_2 = norm (3: far outside paper B's stable region ||W|| < 1)."""
+    m = make("tanh", D=D, H=H, seed=seed, dtype=dtype)
+    with torch.no_grad():
+        W = torch.randn(H, H, dtype=dtype)
+        m.weight_hh_l0.copy_(norm * W / torch.linalg.matrix_norm(W, 2))
+    return m
+
+
+def h0_for(kind, layers, B, H, dtype=torch.float32):
+    h = torch.randn(layers, B, H, dtype=dtype)
+    return (h, torch.randn(layers, B, H, dtype=dtype)) if kind == "lstm" else h
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_converged_solution_equals_torch_layer(method, kind, layers, with_h0):
+    m = make(kind, layers=layers)
+    B, T, H = 3, 33, 6
+    torch.manual_seed(1)
+    x = torch.randn(B, T, 3)
+    h0 = h0_for(kind, layers, B, H) if with_h0 else None
+    with torch.no_grad():
+        y, hn = m(x, h0) if with_h0 else m(x)
+        res = solve(cells.from_torch(m), x, h0, method=method, tol=1e-6)
+    assert res.converged and not res.diverged
+    assert 1 <= res.iterations <= layers * T
+    assert len(res.residuals) == res.iterations
+    assert res.outputs.shape == (B, T, H)
+    assert res.states.shape == (B, T, 2 * H if kind == "lstm" else H)
+    torch.testing.assert_close(res.outputs, y, rtol=0, atol=1e-5)
+    for got, want in zip(res.final if kind == "lstm" else (res.final,), hn if kind == "lstm" else (hn,)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_jacobi_after_T_iterations_is_exact_for_a_chaotic_rnn():
+    m = chaotic_rnn()
+    T = 60
+    x = torch.randn(2, T, 3, dtype=F64)
+    seq = cells.sequential(cells.from_torch(m), x)
+    res = solve(cells.from_torch(m), x, method="jacobi", iters=10 * T)  # capped at T
+    assert res.iterations == T and res.converged
+    torch.testing.assert_close(res.states, seq, rtol=0, atol=1e-12)
+    # ...and the system really is chaotic: far from converged a few iterations before T
+    early = solve(cells.from_torch(m), x, method="jacobi", iters=T - 10)
+    assert (early.states - seq).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["tanh", "gru", "lstm"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_positions_up_to_k_are_exact_after_k_iterations(kind, method):
+    m = chaotic_rnn() if (kind == "tanh" and method == "jacobi") else make(kind, dtype=F64)
+    cell = cells.from_torch(m)
+    T = 25
+    x = torch.randn(2, T, 3, dtype=F64)
+    seq = cells.sequential(cell, x)
+    for k in (1, 4, 9):
+        res = solve(cell, x, method=method, iters=k)
+        assert res.iterations <= k
+        torch.testing.assert_close(res.states[:, :k], seq[:, :k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["tanh", "relu", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_k_jacobi_iterations_equal_the_k_window_truncated_model(kind, layers, with_h0):
+    m = chaotic_rnn() if (kind == "tanh" and layers == 1) else make(kind, layers=layers, dtype=F64)
+    cell = cells.from_torch(m)
+    B, T = 2, 30
+    x = torch.randn(B, T, 3, dtype=F64)
+    h0 = h0_for(kind, layers, B, cell.hidden_size if layers > 1 else m.hidden_size, F64) if with_h0 else None
+    if with_h0 and layers == 1:
+        h0 = tuple(h[0] for h in h0) if kind == "lstm" else h0[0]
+    for k in (1, 2, 5, 12):
+        res = solve(cell, x, h0, method="jacobi", iters=k)
+        ref = cells.truncated(cell, x, k, h0)
+        torch.testing.assert_close(res.states, ref, rtol=0, atol=1e-12)
+    if kind == "tanh" and layers == 1:  # the chaotic case: the truncation really differs from the full model
+        assert (cells.truncated(cell, x, 5, h0) - cells.sequential(cell, x, h0)).abs().max() > 1e-2
+
+
+def test_jacobi_residuals_are_the_max_abs_change_per_iteration():
+    cell = cells.from_torch(make("gru", dtype=F64))
+    x = torch.randn(2, 20, 3, dtype=F64)
+    res = solve(cell, x, method="jacobi", iters=6)
+    for k in range(1, 6):
+        a = solve(cell, x, method="jacobi", iters=k).states
+        b = solve(cell, x, method="jacobi", iters=k + 1).states
+        assert res.residuals[k] == pytest.approx(float((b - a).detach().abs().max()), rel=1e-12, abs=0)
+
+
+def test_newton_converges_in_few_iterations_on_a_stable_cell():
+    cell = cells.from_torch(make("gru", dtype=F64))
+    x = torch.randn(2, 200, 3, dtype=F64)
+    res = solve(cell, x, method="newton", tol=1e-10)
+    assert res.converged and res.iterations < 15
+    torch.testing.assert_close(res.states, cells.sequential(cell, x), rtol=0, atol=1e-10)
+
+
+def test_init_at_the_solution_stops_after_one_iteration():
+    cell = cells.from_torch(make("lstm", dtype=F64))
+    x = torch.randn(2, 15, 3, dtype=F64)
+    seq = cells.sequential(cell, x)
+    for method in METHODS:
+        res = solve(cell, x, method=method, init=seq, tol=1e-9)
+        assert res.iterations == 1 and res.converged and res.residuals[0] < 1e-12
+
+
+def test_newton_divergence_is_detected_reported_and_rescued_by_damping():
+    m = chaotic_rnn()
+    cell = cells.from_torch(m)
+    T = 200
+    x = torch.randn(2, T, 3, dtype=F64)
+    seq = cells.sequential(cell, x)
+    with pytest.warns(DivergenceWarning, match="newton"):
+        res = solve(cell, x, method="newton")
+    assert res.diverged and not res.converged and "best iterate" in res.message
+    assert torch.isfinite(res.states).all()  # the best iterate, not the exploded one
+    assert res.fp_residual == pytest.approx(float((res.states - _F(cell, x, res.states)).abs().max()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DivergenceWarning)
+        damped = solve(cell, x, method="damped")
+    assert damped.converged and not damped.diverged and damped.iterations < T
+    torch.testing.assert_close(damped.states, seq, rtol=0, atol=1e-10)
+
+
+def test_non_finite_iterates_are_divergence_for_every_method():
+    cell = cells.from_torch(make("relu", dtype=F64))
+    x = torch.randn(2, 10, 3, dtype=F64)
+    x[0, 3, 0] = float("nan")
+    for method in METHODS:
+        with pytest.warns(DivergenceWarning, match="non-finite"):
+            res = solve(cell, x, method=method)
+        assert res.diverged and not res.converged
+
+
+def _F(cell, x, S):
+    u = cell.prepare(x)
+    prev = torch.cat([torch.zeros_like(S[:, :1]), S[:, :-1]], 1)
+    return cell.step(prev, u)
+
+
+def test_grad_none_runs_without_a_graph():
+    m = make("gru")
+    res = solve(cells.from_torch(m), torch.randn(2, 8, 3), method="jacobi", grad="none")
+    assert not res.outputs.requires_grad
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(method="gauss_seidel"),
+    dict(method="jacobi", iters=0),
+    dict(method="jacobi", iters=2.5),
+    dict(method="jacobi", iters=True),
+    dict(method="jacobi", tol=-1.0),
+    dict(method="jacobi", tol=float("nan")),
+    dict(method="jacobi", grad="adjoint"),
+    dict(method="jacobi", adjoint="magic"),
+    dict(method="jacobi", init=torch.zeros(2, 5, 4)),
+])
+def test_bad_arguments_raise_value_error(kwargs):
+    cell = cells.from_torch(make("gru"))
+    with pytest.raises(ValueError):
+        solve(cell, torch.randn(2, 8, 3), **kwargs)
+
+
+@pytest.mark.parametrize("x, h0", [
+    (torch.randn(8, 3), None),  # not [B, T, D]
+    (torch.randn(2, 8, 5), None),  # wrong D
+    (torch.randn(2, 0, 3), None),  # T = 0
+    (torch.randint(0, 3, (2, 8, 3)), None),  # integers
+    (torch.randn(2, 8, 3), torch.randn(3, 6)),  # wrong B in h0
+    (torch.randn(2, 8, 3), torch.randn(2, 7)),  # wrong H in h0
+])
+def test_bad_shapes_raise_value_error(x, h0):
+    with pytest.raises(ValueError):
+        solve(cells.from_torch(make("gru")), x, h0, method="jacobi")
+
+
+def test_stack_h0_and_cell_type_are_checked():
+    stack = cells.from_torch(make("lstm", layers=2))
+    with pytest.raises(ValueError):
+        solve(stack, torch.randn(2, 8, 3), torch.randn(2, 2, 6), method="jacobi")  # LSTM needs (h0, c0)
+    with pytest.raises(ValueError):
+        solve(nn.GRU(3, 6), torch.randn(2, 8, 3))

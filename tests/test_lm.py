@@ -1,0 +1,210 @@
+"""The language model's evaluation methods and the trainer: equivalences, learning, exact resume, DDP."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fpcore import cells
+from fpcore.data import Corpus
+from fpcore.models.lm import RNNLM
+from fpcore.train import PRESETS, TrainConfig, build_model, evaluate, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def markov_corpus(vocab: int = 12, n: int = 6000, seed: int = 0) -> Corpus:
+    """A learnable toy corpus: a sparse random first-order Markov chain over ``vocab`` symbols."""
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.rand(vocab, vocab, generator=gen) ** 8
+    P /= P.sum(1, keepdim=True)
+    ids = [0]
+    for _ in range(n - 1):
+        ids.append(int(torch.multinomial(P[ids[-1]], 1, generator=gen)))
+    ids = torch.tensor(ids)
+    return Corpus("markov", [f"w{i}" for i in range(vocab - 1)] + ["<eos>"], ids[: n * 8 // 10],
+                  ids[n * 8 // 10: n * 9 // 10], ids[n * 9 // 10:])
+
+
+def _twin(method, iters=None, cell="lstm", layers=2, seed=0):
+    torch.manual_seed(seed)
+    return RNNLM(11, 8, layers, cell=cell, method=method, iters=iters, tol=1e-12).double().eval()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("method, iters", [("newton", None), ("quasi_newton", None), ("jacobi", 7)])
+def test_exact_methods_equal_bptt_across_windows(cell, method, iters):
+    ref, model = _twin("bptt", cell=cell), _twin(method, iters, cell=cell)
+    model.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 11, (3, 14), generator=torch.Generator().manual_seed(1))
+    s_ref = s = None
+    for window in tokens.split(7, dim=1):  # two windows of 7: jacobi with k = 7 is exact, state carried
+        a, s_ref = ref(window, s_ref)
+        b, s = model(window, s)
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
+
+
+def test_truncated_is_a_strict_kth_order_model_across_windows():
+    k = 4
+    ref, model = _twin("bptt", cell="rnn", layers=1), _twin("truncated", k, cell="rnn", layers=1)
+    model.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 11, (2, 15), generator=torch.Generator().manual_seed(2))
+    logits, ctx = [], None
+    for window in tokens.split(5, dim=1):
+        out, ctx = model(window, ctx)
+        logits.append(out)
+        assert ctx.shape == (2, k - 1)
+    # reference: each position from exactly its last k tokens, zero state (paper B), over the whole stream
+    h = cells.truncated(cells.from_torch(ref.rnns[0]), ref.embed(tokens), k)
+    torch.testing.assert_close(torch.cat(logits, 1), ref.decoder(h), rtol=1e-9, atol=1e-9)
+
+
+def test_jacobi_k_is_approximate_and_carries_state():
+    ref, model = _twin("bptt", cell="gru", layers=1), _twin("jacobi", 2, cell="gru", layers=1)
+    model.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 11, (2, 10), generator=torch.Generator().manual_seed(3))
+    a, _ = ref(tokens)
+    b, state = model(tokens)
+    torch.testing.assert_close(b[:, :2], a[:, :2])  # exact for t <= k
+    assert float((a - b).detach().abs().max()) > 1e-6  # approximate after
+    assert state[0].shape == (1, 2, 8)
+
+
+def test_bad_model_arguments_are_clear():
+    with pytest.raises(ValueError, match="needs iters"):
+        RNNLM(10, 4, method="jacobi")
+    with pytest.raises(ValueError, match="iters is for"):
+        RNNLM(10, 4, method="bptt", iters=3)
+    with pytest.raises(ValueError, match="method must be"):
+        RNNLM(10, 4, method="adjoint")
+    with pytest.raises(ValueError, match="tokens must be"):
+        RNNLM(10, 4)(torch.zeros(3, dtype=torch.long))
+
+
+def test_presets_and_schedule():
+    cfg = TrainConfig.preset("small")
+    assert (cfg.hidden, cfg.layers, cfg.bptt, cfg.epochs, cfg.batch_size) == (200, 2, 20, 13, 20)
+    assert [cfg.lr_at(e) for e in (1, 4, 5, 6)] == [1.0, 1.0, 0.5, 0.25]
+    assert TrainConfig.preset("medium").hidden == 650 and set(PRESETS) >= {"small", "medium"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig.preset("large")
+    with pytest.raises(ValueError, match="bptt must be"):
+        TrainConfig(bptt=0)
+
+
+def _tiny_cfg(**kw):
+    base = dict(hidden=16, layers=1, bptt=10, batch_size=4, eval_batch_size=4, epochs=3, lr=1.0, decay_after=2,
+                progress=False, checkpoint_every=5)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method, iters", [("bptt", None), ("jacobi", 3)])
+def test_fit_reduces_perplexity(method, iters):
+    corpus = markov_corpus()
+    cfg = _tiny_cfg(method=method, iters=iters)
+    model = build_model(cfg, corpus.vocab_size)
+    before = evaluate(model, corpus.valid, batch_size=4, bptt=10)
+    record = fit(model, corpus, cfg)
+    assert record["valid_ppl"] < 0.8 * before
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    assert record["tokens_per_s"] > 0 and record["method"] == method and record["iters"] == iters
+
+
+def test_stable_training_keeps_the_projection():
+    corpus = markov_corpus()
+    cfg = _tiny_cfg(cell="rnn", stable=True, epochs=1, lr=5.0)
+    model = build_model(cfg, corpus.vocab_size)
+    fit(model, corpus, cfg)
+    assert float(torch.linalg.matrix_norm(model.rnns[0].weight_hh_l0.detach().double(), ord=2)) <= 1 + 1e-5
+
+
+_RUN = """
+import json, sys
+sys.path.insert(0, {root!r})
+from tests.test_lm import markov_corpus, _tiny_cfg
+from fpcore.train import build_model, fit
+cfg = _tiny_cfg(checkpoint={ckpt!r}, dropout=0.3, epochs=3, checkpoint_every=3)
+corpus = markov_corpus()
+record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg)
+print(json.dumps({{"valid": record["valid_ppl"], "test": record["test_ppl"]}}))
+"""
+
+
+def _run(tmp_path, name, ckpt):
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent(_RUN.format(root=str(ROOT), ckpt=str(ckpt))))
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "FPCORE_DEVICE": "cpu"})
+
+
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    import json
+
+    whole = _run(tmp_path, "whole", tmp_path / "whole.pt")
+    expected = json.loads(whole.communicate(timeout=300)[0].strip().splitlines()[-1])
+
+    ckpt = tmp_path / "killed.pt"
+    victim = _run(tmp_path, "victim", ckpt)
+    deadline = time.time() + 300
+    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert ckpt.exists(), "the run wrote no checkpoint"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    saved = torch.load(ckpt, weights_only=False)
+    assert (saved["epoch"], saved["window"]) != (4, 0), "killed before the end"
+
+    resumed = _run(tmp_path, "resumed", ckpt)
+    got = json.loads(resumed.communicate(timeout=300)[0].strip().splitlines()[-1])
+    assert got["valid"] == pytest.approx(expected["valid"], rel=1e-9)
+    assert got["test"] == pytest.approx(expected["test"], rel=1e-9)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    corpus = markov_corpus()
+    cfg = _tiny_cfg(epochs=1, checkpoint=str(tmp_path / "c.pt"))
+    fit(build_model(cfg, corpus.vocab_size), corpus, cfg)
+    other = _tiny_cfg(epochs=1, hidden=8, checkpoint=str(tmp_path / "c.pt"))
+    with pytest.raises(ValueError, match="another configuration"):
+        fit(build_model(other, corpus.vocab_size), corpus, other)
+
+
+_DDP = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+from tests.test_lm import markov_corpus, _tiny_cfg
+from fpcore.train import build_model, fit
+cfg = _tiny_cfg(epochs=2)
+corpus = markov_corpus()
+record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg)
+if record:
+    print(json.dumps({{"valid": record["valid_ppl"], "world": record["world_size"]}}))
+"""
+
+
+def test_torchrun_data_parallel_on_two_cpu_processes_matches_one(tmp_path):
+    import json
+
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(_DDP.format(root=str(ROOT))))
+    env = {**os.environ, "FPCORE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    two = json.loads(ddp.stdout.strip().splitlines()[-1])
+    assert (one["world"], two["world"]) == (1, 2)
+    # the same global batch, split over two processes with averaged gradients: the same model
+    assert two["valid"] == pytest.approx(one["valid"], rel=1e-4)

@@ -1,0 +1,255 @@
+"""fpcore.stability: norms, certified contraction bounds, projections, truncation and training twins."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fpcore import cells, stability as st
+
+torch.set_default_dtype(torch.float32)
+
+
+def _scaled(W: torch.Tensor, norm: float) -> torch.Tensor:
+    return W * (norm / torch.linalg.matrix_norm(W.double(), ord=2).item())
+
+
+# -------------------------------------------------------------------------------------------------
+# Norms
+# -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(7, 7), (40, 13), (13, 40), (3, 20, 20)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spectral_norm_matches_torch(shape, seed):
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    expected = torch.linalg.matrix_norm(W.double(), ord=2)
+    torch.testing.assert_close(st.spectral_norm(W).double(), expected, rtol=1e-6, atol=0)
+    power = st.spectral_norm(W, method="power", generator=torch.Generator().manual_seed(seed)).double()
+    torch.testing.assert_close(power, expected, rtol=1e-3, atol=0)
+    assert bool((power <= expected * (1 + 1e-6)).all()), "power iteration approaches from below"
+
+
+def test_power_iteration_on_lstm_sized_weights_agrees_with_svd():
+    lstm = nn.LSTM(650, 650, num_layers=2, batch_first=True)
+    for name in ("weight_hh_l0", "weight_ih_l1"):  # [2600, 650] each; the exact SVD is the slow part
+        p = getattr(lstm, name).detach()
+        exact, power = torch.linalg.svdvals(p)[0], st.spectral_norm(p, method="power")
+        assert abs(power / exact - 1) < 1e-3, name
+
+
+def test_spectral_norm_rejects_bad_input():
+    with pytest.raises(ValueError, match="matrix"):
+        st.spectral_norm(torch.ones(3))
+    with pytest.raises(ValueError, match="floating-point"):
+        st.spectral_norm(torch.ones(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="'svd' or 'power'"):
+        st.spectral_norm(torch.ones(3, 3), method="lanczos")
+
+
+# -------------------------------------------------------------------------------------------------
+# Certified contraction: the bounds really are Lipschitz constants of the step
+# -------------------------------------------------------------------------------------------------
+def test_rnn_bound_is_the_spectral_norm():
+    rnn = nn.RNN(5, 9, batch_first=True)
+    assert st.contraction_bound(rnn) == pytest.approx(float(st.spectral_norm(rnn.weight_hh_l0)), rel=1e-6)
+
+
+def _worst_ratio(cell, states, inputs, norm):
+    """max over random pairs of ||f(s) - f(s')|| / ||s - s'|| in the given norm."""
+    u = cell.prepare(inputs)  # (N, 1, G)
+    s1, s2 = states
+    d_out = cell.step(s1, u) - cell.step(s2, u)
+    return float((norm(d_out) / norm(s1 - s2)).max())
+
+
+@torch.no_grad()
+def test_lstm_bound_holds_on_random_state_pairs():
+    torch.manual_seed(0)
+    H, D, N = 12, 6, 4000
+    lstm = nn.LSTM(D, H, batch_first=True)
+    st.lstm_rescale_(lstm)
+    lstm.bias_ih_l0.chunk(4)[1].fill_(-1.0)  # forget gates bounded well below 1
+    lstm.bias_hh_l0.zero_()
+    cell = cells.from_torch(lstm)
+    lam = st.contraction_bound(cell, x_max=1.0)
+    assert lam < 1, "these weights are certified stable"
+    f_bar = st.gate_upper_bound(lstm.weight_hh_l0.chunk(4)[1], lstm.weight_ih_l0.chunk(4)[1],
+                                lstm.bias_ih_l0.chunk(4)[1], x_max=1.0)
+    c_bar = 1 / (1 - f_bar)
+    # states inside the invariant set |h| <= 1, |c| <= c_bar; close pairs probe the local constant
+    h = torch.rand(N, 1, H) * 2 - 1
+    c = (torch.rand(N, 1, H) * 2 - 1) * c_bar
+    s1 = torch.cat([h, c], -1)
+    s2 = (s1 + 1e-3 * torch.randn_like(s1)).clamp(-1, 1) * torch.cat([torch.ones(H), torch.full((H,), c_bar)])
+    x = torch.rand(N, 1, D) * 2 - 1
+    norm = lambda s: torch.maximum(s[..., :H].abs().sum(-1), s[..., H:].abs().sum(-1))  # noqa: E731
+    assert _worst_ratio(cell, (s1, s2), x, norm) <= lam
+
+
+@torch.no_grad()
+def test_gru_bound_holds_on_random_state_pairs():
+    torch.manual_seed(1)
+    H, D, N = 10, 4, 4000
+    gru = nn.GRU(D, H, batch_first=True)
+    gru.weight_hh_l0.mul_(0.1)
+    gru.weight_ih_l0.mul_(0.3)
+    gru.bias_ih_l0.chunk(3)[1].fill_(-2.0)  # update gate bounded below 1
+    cell = cells.from_torch(gru)
+    lam = st.contraction_bound(cell, x_max=1.0)
+    assert lam < 1
+    s1 = torch.rand(N, 1, H) * 2 - 1
+    s2 = (s1 + 1e-3 * torch.randn_like(s1)).clamp(-1, 1)
+    x = torch.rand(N, 1, D) * 2 - 1
+    assert _worst_ratio(cell, (s1, s2), x, lambda s: s.abs().amax(-1)) <= lam
+
+
+def test_unbounded_inputs_certify_no_gated_model():
+    assert st.contraction_bound(nn.LSTM(3, 4)) == float("inf")
+    assert st.contraction_bound(nn.GRU(3, 4)) >= 1
+
+
+# -------------------------------------------------------------------------------------------------
+# Projections
+# -------------------------------------------------------------------------------------------------
+def test_project_spectral_clips_and_is_idempotent():
+    W = _scaled(torch.randn(20, 20), 3.0)
+    P = st.project_spectral(W, 1.0)
+    assert float(st.spectral_norm(P)) == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(st.project_spectral(P, 1.0), P)
+    inside = _scaled(torch.randn(20, 20), 0.7)
+    assert torch.equal(st.project_spectral(inside, 1.0), inside)  # unchanged, bit for bit
+    # only the singular values above the bound move
+    s_w, s_p = torch.linalg.svdvals(W.double()), torch.linalg.svdvals(P.double())
+    torch.testing.assert_close(s_p, s_w.clamp(max=1.0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="max_norm"):
+        st.project_spectral(W, 0.0)
+
+
+def test_lstm_rescale_gives_the_stated_column_norms():
+    lstm = nn.LSTM(30, 40, num_layers=2, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(20)  # every column well above its target
+    st.lstm_rescale_(lstm)
+    for layer in range(2):
+        W = getattr(lstm, f"weight_hh_l{layer}").detach()
+        for block, gate in zip(W.chunk(4), "ifzo"):
+            torch.testing.assert_close(block.abs().sum(0), torch.full((40,), st.LSTM_COLUMN_NORMS[gate]))
+        U_f = getattr(lstm, f"weight_ih_l{layer}").detach().chunk(4)[1]
+        torch.testing.assert_close(U_f.abs().sum(0), torch.full((U_f.shape[1],), 0.25))
+    before = [p.detach().clone() for p in lstm.parameters()]
+    st.lstm_rescale_(lstm)
+    assert all(torch.equal(a, b) for a, b in zip(before, lstm.parameters())), "idempotent"
+    st.init_forget_bias_(lstm, 10.0)
+    assert float((lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().chunk(4)[1].min()) == 10.0
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_projection_holds_after_every_optimizer_step(kind):
+    torch.manual_seed(0)
+    model = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind](4, 16, batch_first=True)
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)  # large steps push the weights out every time
+    handle = st.project_after_step(opt, model, max_norm=0.9)
+
+    def check():
+        W = model.weight_hh_l0.detach()
+        if kind == "lstm":
+            for block, gate in zip(W.chunk(4), "ifzo"):
+                assert float(block.abs().sum(0).max()) <= st.LSTM_COLUMN_NORMS[gate] * (1 + 1e-5)
+        else:
+            for block in W.chunk(1 if kind == "rnn" else 3):
+                assert float(st.spectral_norm(block)) <= 0.9 * (1 + 1e-5)
+
+    check()  # projected at attach time
+    for _ in range(5):
+        out = model(torch.randn(3, 7, 4))[0]
+        opt.zero_grad()
+        (out ** 2).sum().backward()
+        opt.step()
+        check()
+    handle.remove()
+    model.weight_hh_l0.data.mul_(10)
+    opt.step()
+    assert float(st.spectral_norm(model.weight_hh_l0)) > 1, "removing the hook stops the projection"
+
+
+# -------------------------------------------------------------------------------------------------
+# Data-dependent stability and truncation
+# -------------------------------------------------------------------------------------------------
+def test_local_contraction_is_the_jacobian_norm_along_the_trajectory():
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 6, batch_first=True)
+    x = torch.randn(2, 9, 3)
+    norms = st.local_contraction(rnn, x)
+    assert norms.shape == (2, 9)
+    h = rnn(x)[0]
+    h_prev = torch.cat([torch.zeros(2, 1, 6), h[:, :-1]], 1)
+    J = (1 - h ** 2)[..., :, None] * rnn.weight_hh_l0.detach()  # diag(tanh') W
+    torch.testing.assert_close(norms, torch.linalg.matrix_norm(J, ord=2), rtol=1e-4, atol=1e-5)
+    assert bool((norms <= st.contraction_bound(rnn) + 1e-5).all())
+    # k steps: the norm of the product of the k Jacobians ending at t
+    norms3 = st.local_contraction(rnn, x, k=3)
+    assert norms3.shape == (2, 7)
+    J_prev = (1 - h_prev ** 2)[..., :, None] * rnn.weight_hh_l0.detach()
+    assert torch.equal(J_prev[:, 1:], J[:, :-1])
+    prod = J[:, 2:] @ J[:, 1:-1] @ J[:, :-2]  # d h_t / d h_{t-3}, t = 3..9 (1-based)
+    torch.testing.assert_close(norms3, torch.linalg.matrix_norm(prod, ord=2), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="k must be"):
+        st.local_contraction(rnn, x, k=10)
+
+
+@pytest.mark.parametrize("lam", [0.5, 0.9])
+def test_truncation_error_obeys_the_lambda_k_bound(lam):
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 16, batch_first=True).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(_scaled(rnn.weight_hh_l0, lam))
+    x = torch.randn(3, 40, 4, dtype=torch.double)
+    res = st.truncation_errors(rnn, x, ks=range(1, 41))
+    bound = lam ** res["k"].double() * res["scale"]
+    assert bool((res["error"] <= bound + 1e-12).all())
+    assert float(res["error"][-1]) < 1e-12, "k = T is exact"
+    # and the truncated model is cells.truncated, paper B's definition
+    cell = cells.from_torch(rnn)
+    k5 = cells.truncated(cell, x, 5)
+    assert float((rnn(x)[0].detach() - k5).norm(dim=-1).max()) == pytest.approx(float(res["error"][4]), rel=1e-9)
+    # a stack goes through the solver, one layer at a time; a one-layer "stack" must agree with the sweep
+    stack = cells.CellStack([cell])
+    torch.testing.assert_close(st.truncation_errors(stack, x, ks=[3, 7])["error"], res["error"][[2, 6]])
+
+
+def test_unstable_rnn_breaks_the_bound():
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 16, batch_first=True).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(_scaled(rnn.weight_hh_l0, 3.0))
+    res = st.truncation_errors(rnn, torch.randn(3, 40, 4, dtype=torch.double), ks=[5, 10, 20])
+    assert float(res["error"][1]) > 0.1, "a chaotic RNN is not approximated by a short window"
+
+
+def test_training_twins_stay_closer_for_stable_models_and_larger_k():
+    vocab = 11
+    tokens = torch.randint(0, vocab, (5000,), generator=torch.Generator().manual_seed(0))
+    batches = st.char_batches(tokens, batch=8, length=16)
+
+    def run(k, project, scale):
+        def make():
+            m = st.CharRNN(vocab, hidden=12, embed=6)
+            with torch.no_grad():
+                m.rnn.weight_hh_l0.copy_(_scaled(m.rnn.weight_hh_l0, scale))
+            return m
+
+        return st.train_twins(make, batches, k=k, steps=15, lr=0.5, project=project).distance
+
+    stable1, stable8 = run(1, True, 0.8), run(8, True, 0.8)
+    assert stable1[0] == stable8[0] == 0.0, "same initialisation"
+    assert stable8[-1] < stable1[-1]
+    assert run(8, False, 2.5)[-1] > stable8[-1], "an unstable pair drifts further apart"
+
+
+def test_char_batches_are_deterministic_and_shifted():
+    tokens = torch.arange(1000)
+    b = st.char_batches(tokens, batch=4, length=10, seed=3)
+    (x1, y1), (x2, y2) = b(5), b(5)
+    assert torch.equal(x1, x2) and torch.equal(y1, x1 + 1) and x1.shape == (4, 10)
+    with pytest.raises(ValueError, match="too few"):
+        st.char_batches(torch.arange(5), 2, 10)
