@@ -99,7 +99,7 @@ def _check(cell, x, method, iters, tol, grad, adjoint, time_limit):
 
 def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None = None,
           tol: float | None = None, init=None, grad: str = "unrolled", adjoint: str = "scan",
-          backend: str = "auto", time_limit: float | None = None) -> FixedPointResult:
+          backend: str = "auto", time_limit: float | None = None, callback=None) -> FixedPointResult:
     """Solve a recurrent layer for all t at once as the fixed point S = F(S), F(S)_t = f(s_{t-1}, x_t).
 
     cell    an :class:`fpcore.cells.Cell` or :class:`~fpcore.cells.CellStack` (``cells.from_torch(module)``)
@@ -119,6 +119,8 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
     backend the :func:`fpcore.linear_scan` backend quasi-Newton uses.
     time_limit  stop after this many seconds (per layer; checked once per iteration): the benchmark's
             budget for methods that need many iterations. Judged like an early ``iters`` stop.
+    callback    called as ``callback(k, S)`` after iteration k with the new iterate (e.g. to record the
+            error of every iterate against a reference, as notebook 05 does); its result is ignored.
 
     Divergence (non-finite iterates, or for the Newton family a residual GROWTH = 1e3 times the smallest
     seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
@@ -151,10 +153,11 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             method=method, tol=last.tol, diverged=any(r.diverged for r in layers),
             fp_residual=max(r.fp_residual for r in layers), message="; ".join(r.message for r in layers if r.message),
             final=final, layers=layers)
-    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit)
+    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback)
 
 
-def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit) -> FixedPointResult:
+def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit,
+                callback=None) -> FixedPointResult:
     B, T, _ = x.shape
     want_grad = torch.is_grad_enabled() and grad == "unrolled"
     with torch.set_grad_enabled(want_grad or (grad == "implicit" and torch.is_grad_enabled())):
@@ -172,7 +175,7 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, t
     with torch.set_grad_enabled(want_grad):
         ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
         S, residuals, converged, diverged, fp_res, message = _iterate(
-            ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit)
+            ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit, callback)
 
     if grad == "implicit" and torch.is_grad_enabled():
         if not converged:
@@ -181,10 +184,11 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, t
         S = _attach_implicit(cell, u, s0, S.detach(), adjoint, check_tol, T)
     return FixedPointResult(outputs=cell.output(S), states=S, iterations=len(residuals), residuals=residuals,
                             converged=converged, method=method, tol=check_tol, diverged=diverged,
-                            fp_residual=fp_res, message=message, final=cell.final_state(S[:, -1]))
+                            fp_residual=fp_res, message=message, final=cell.final_state(S[:, -1]),
+                            info=dict(ctx.state))
 
 
-def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=None):
+def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=None, callback=None):
     step = METHODS[method]
     deadline = None if time_limit is None else time.perf_counter() + time_limit
     B, T_, _ = ctx.u.shape
@@ -202,6 +206,8 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=No
         S = S_new
         FS = ctx.F(S) if FS_new is None else FS_new
         fp = _maxabs(FS - S)
+        if callback is not None:
+            callback(k, S)
         if not (math.isfinite(change) and math.isfinite(fp)):
             diverged, message = True, f"{method}: non-finite iterate at iteration {k}"
             break
