@@ -314,7 +314,7 @@ def _header() -> str:
 
 
 def _fmt(v, spec):
-    return format(v, spec) if v is not None else "-"
+    return format(v, spec) if v is not None else "-".rjust(int(''.join(ch for ch in spec.split('.')[0] if ch.isdigit()) or 1))
 
 
 def _line(r) -> str:
