@@ -15,6 +15,7 @@ import sys
 
 # Modules that contribute a command, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
+    "fpcore.bench",
 )
 
 

@@ -17,6 +17,10 @@ section 2.2) and dL/da_t = g_t * h_{t-1} together, reading a, dL/dh and h once.
 """
 from __future__ import annotations
 
+import functools
+import mmap
+import os
+
 import numba
 import numpy as np
 import torch
@@ -27,78 +31,133 @@ __all__ = ["scan", "scan_backward"]
 _NATIVE = (torch.float32, torch.float64)
 
 
-@njit(parallel=True, cache=False)
-def _forward_kernel(a, b, h0, out, reverse, block):  # pragma: no cover - compiled
-    B, T, D = a.shape
+# Written so that every per-element index comes straight from a range() loop: Numba then emits no
+# negative-index wrap-around and LLVM vectorises the k loop. Row views are taken once per time step.
+def _forward_kernel(a2, b2, h0, out2, T, reverse, block):  # pragma: no cover - compiled
+    # a2, b2, out2: [B * T, D] views of [B, T, D]; task = (batch row i, feature block j)
+    BT, D = a2.shape
     nblk = (D + block - 1) // block
-    for task in prange(B * nblk):
+    for task in prange((BT // T) * nblk):
         i = task // nblk
         d0 = (task % nblk) * block
-        d1 = min(d0 + block, D)
-        h = h0[i, d0:d1].copy()
-        n = d1 - d0
+        n = min(block, D - d0)
+        h = h0[i, d0:d0 + n].copy()
         for s in range(T):
-            t = T - 1 - s if reverse else s
+            r = i * T + (T - 1 - s if reverse else s)
+            ar = a2[r, d0:d0 + n]
+            br = b2[r, d0:d0 + n]
+            orow = out2[r, d0:d0 + n]
             for k in range(n):
-                h[k] = a[i, t, d0 + k] * h[k] + b[i, t, d0 + k]
-                out[i, t, d0 + k] = h[k]
+                v = ar[k] * h[k] + br[k]
+                h[k] = v
+                orow[k] = v
 
 
-@njit(parallel=True, cache=False)
-def _backward_kernel(a, grad, h, h0, g_out, da_out, reverse, block):  # pragma: no cover - compiled
+def _backward_kernel(a2, grad2, h2, h0, g2, da2, T, reverse, block):  # pragma: no cover - compiled
     # forward reverse=False: g_t = grad_t + a_{t+1} g_{t+1} (t = T-1..0),  da_t = g_t * h_{t-1}, h_{-1} = h0
     # forward reverse=True:  g_t = grad_t + a_{t-1} g_{t-1} (t = 0..T-1),   da_t = g_t * h_{t+1}, h_T = h0
-    B, T, D = a.shape
+    BT, D = a2.shape
     nblk = (D + block - 1) // block
-    for task in prange(B * nblk):
+    for task in prange((BT // T) * nblk):
         i = task // nblk
         d0 = (task % nblk) * block
-        d1 = min(d0 + block, D)
-        n = d1 - d0
-        g = np.zeros(n, dtype=a.dtype)
+        n = min(block, D - d0)
+        g = np.zeros(n, dtype=a2.dtype)
         for s in range(T):
             t = s if reverse else T - 1 - s
-            prev = t - 1 if reverse else t + 1  # the step this backward pass processed just before
-            nxt = t + 1 if reverse else t - 1  # the forward scan's previous state
+            prev = t - 1 if reverse else t + 1  # the step this pass processed just before
+            nxt = t + 1 if reverse else t - 1  # the forward's previous state
+            gr = grad2[i * T + t, d0:d0 + n]
             if prev >= 0 and prev < T:
+                ar = a2[i * T + prev, d0:d0 + n]
                 for k in range(n):
-                    g[k] = a[i, prev, d0 + k] * g[k] + grad[i, t, d0 + k]
+                    g[k] = ar[k] * g[k] + gr[k]
             else:
                 for k in range(n):
-                    g[k] = grad[i, t, d0 + k]
+                    g[k] = gr[k]
+            hr = h2[i * T + nxt, d0:d0 + n] if (nxt >= 0 and nxt < T) else h0[i, d0:d0 + n]
+            grow = g2[i * T + t, d0:d0 + n]
+            darow = da2[i * T + t, d0:d0 + n]
             for k in range(n):
-                g_out[i, t, d0 + k] = g[k]
-            if nxt >= 0 and nxt < T:
-                for k in range(n):
-                    da_out[i, t, d0 + k] = g[k] * h[i, nxt, d0 + k]
-            else:
-                for k in range(n):
-                    da_out[i, t, d0 + k] = g[k] * h0[i, d0 + k]
+                grow[k] = g[k]
+                darow[k] = g[k] * hr[k]
+
+
+# Two compilations of each kernel: threads (prange) for big inputs, one thread for small ones, where
+# waking a thread pool on a busy machine can cost milliseconds (a scheduler tick) for microseconds of work.
+_PARALLEL_MIN_ELEMENTS = 1 << 18
+_forward_par = njit(parallel=True, cache=False)(_forward_kernel)
+_forward_ser = njit(parallel=False, cache=False)(_forward_kernel)
+_backward_par = njit(parallel=True, cache=False)(_backward_kernel)
+_backward_ser = njit(parallel=False, cache=False)(_backward_kernel)
 
 
 def _block(B: int, D: int) -> int:
-    """Features per task: whole rows when B alone fills the threads, else split D (multiples of 16)."""
+    """Features per task: whole rows, unless B rows cannot keep the threads busy and D >= 512.
+
+    Narrow blocks cost a few row views per step, so a row is split only into pieces >= 256 wide.
+    """
     threads = numba.get_num_threads()
-    if B >= threads:
-        return D
-    parts = -(-threads // B) * 2  # two tasks per thread for balance
-    per = -(-D // parts)
-    return max(16, -(-per // 16) * 16)
+    parts = min(-(-threads // B), D // 256)
+    return D if parts <= 1 else -(-D // parts)
+
+
+_HUGE_MIN_BYTES = 8 << 20
+
+
+def _empty(B: int, T: int, D: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised [B, T, D] CPU tensor; large ones on transparent huge pages where Linux allows.
+
+    Why: the kernel streams at memory speed, so first-touch page faults on a fresh output (one per
+    4 KiB page, several per microsecond of kernel time) cost more than the scan itself: measured here
+    (2-core EPYC VM) filling a fresh 32 MiB torch.empty took ~22 ms against ~6 ms on huge pages.
+    torch's own allocator does this only with THP_MEM_ALLOC_ENABLE=1 set before it starts. Set
+    FPCORE_HUGEPAGES=0 to turn it off. The tensor owns its mapping (freed with the tensor).
+    """
+    numel = B * T * D
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if numel * itemsize >= _HUGE_MIN_BYTES and _huge_pages_ok():
+        try:
+            m = mmap.mmap(-1, numel * itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            m.madvise(mmap.MADV_HUGEPAGE)
+            return torch.frombuffer(m, dtype=dtype, count=numel).view(B, T, D)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return torch.empty(B, T, D, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _huge_pages_ok() -> bool:
+    if os.environ.get("FPCORE_HUGEPAGES", "1") == "0" or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    return "[never]" not in mode
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: bool) -> torch.Tensor:
-    """``h_t = a_t * h_{t-1} + b_t`` (reverse: ``h_{t+1}``) on CPU tensors; a, b [B, T, D], h0 [B, D] or None."""
+def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: bool,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """``h_t = a_t * h_{t-1} + b_t`` (reverse: ``h_{t+1}``) on CPU tensors; a, b [B, T, D], h0 [B, D] or None.
+
+    ``out`` (internal, used by the benchmark to time the kernel apart from allocating 4 B * B*T*D of
+    fresh pages): a contiguous float32/float64 [B, T, D] tensor of the working dtype to write h into.
+    """
     out_dtype = a.dtype
     work = a.dtype if a.dtype in _NATIVE else torch.float32
     a, b = a.to(work), b.to(work)
     B, T, D = a.shape
     h0 = torch.zeros(B, D, dtype=work) if h0 is None else h0.to(work)
-    out = torch.empty(B, T, D, dtype=work)
-    _forward_kernel(_np(a), _np(b), _np(h0), out.numpy(), bool(reverse), _block(B, D))
+    if out is None or out.dtype != work:
+        out = _empty(B, T, D, work)
+    fn = _forward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _forward_ser
+    fn(_np(a).reshape(B * T, D), _np(b).reshape(B * T, D), _np(h0), out.numpy().reshape(B * T, D),
+                    T, bool(reverse), _block(B, D))  # [B, T, D] -> [B * T, D]: rows of one time step
     return out.to(out_dtype)
 
 
@@ -109,9 +168,12 @@ def scan_backward(a, h, h0, grad, *, reverse: bool):
     B, T, D = a.shape
     a_w, h_w, grad_w = a.to(work), h.to(work), grad.to(work)
     h0_w = torch.zeros(B, D, dtype=work) if h0 is None else h0.to(work)
-    g = torch.empty(B, T, D, dtype=work)
-    da = torch.empty(B, T, D, dtype=work)
-    _backward_kernel(_np(a_w), _np(grad_w), _np(h_w), _np(h0_w), g.numpy(), da.numpy(), bool(reverse), _block(B, D))
+    g = _empty(B, T, D, work)
+    da = _empty(B, T, D, work)
+    rows = lambda x: x.reshape(B * T, D)  # noqa: E731  [B, T, D] -> [B * T, D]
+    fn = _backward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _backward_ser
+    fn(rows(_np(a_w)), rows(_np(grad_w)), rows(_np(h_w)), _np(h0_w), rows(g.numpy()), rows(da.numpy()),
+                     T, bool(reverse), _block(B, D))
     first = T - 1 if reverse else 0  # dL/dh0 = a_first * g_first: h0 enters only the first step
     dh0 = a_w[:, first] * g[:, first]
     return da.to(out_dtype), g.to(out_dtype), dh0.to(out_dtype)

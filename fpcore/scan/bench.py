@@ -1,0 +1,347 @@
+"""Benchmark the linear scan h_t = a_t * h_{t-1} + b_t: providers x T x (B, D) x forward/backward.
+
+For every point it reports the median time, effective GB/s (forward moves 3 N elements: read a, b,
+write h; backward 5 N: read a, h, dL/dh, write dL/da, dL/db; forward+backward 8 N), the ratio to a
+memory-bound operation over the same bytes timed in the same rounds (CPU: torch.addcmul(b, a, b,
+out=out); CUDA: a device-to-device copy of 1.5 N elements), and the max-abs-error against a float64
+computation beside every timing. Providers that cannot run say why in the table.
+
+Quick (default): CPU-sized sweep, a couple of minutes. --full: the GPU sweep (T = 2^10..2^20 at
+(8, 256), (1, 1536), (8, 1536), (16, 64)). Writes results/scan_<device>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+
+HELP = "linear scan: providers x T x (B, D), fwd/bwd, GB/s, ratio to a memory-bound op, error vs float64"
+
+PROVIDERS = ("loop", "torch", "numba", "numba_out", "cupy", "accelerated_scan_warp", "accelerated_scan_scalar",
+             "assoc_scan")
+MODES = ("fwd", "bwd", "fwdbwd")
+BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwdbwd": 8}  # tensors of N elements read or written, at minimum
+QUICK = {"shapes": [(8, 256), (1, 16)], "log2_t": (10, 20), "max_elements": 1 << 23, "repeat": 5}
+FULL = {"shapes": [(8, 256), (1, 1536), (8, 1536), (16, 64)], "log2_t": (10, 20), "max_elements": 1 << 30,
+        "repeat": 10}
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        out = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part]
+    except ValueError:
+        out = []
+    if not out or any(len(s) != 2 or min(s) < 1 for s in out):
+        raise argparse.ArgumentTypeError(f"shapes must look like 8x256,1x16 (B x D), got {text!r}")
+    return out
+
+
+def _log2_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--log2-t must look like 10:20, got {text!r}") from None
+    if not 0 <= lo <= hi <= 26:
+        raise argparse.ArgumentTypeError(f"--log2-t needs 0 <= lo <= hi <= 26, got {text!r}")
+    return lo, hi
+
+
+def _choices(allowed):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
+        return items
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
+    p.add_argument("--full", action="store_true", help="the full GPU sweep (bigger shapes, T up to 2^20)")
+    p.add_argument("--shapes", type=_shapes, help="(B, D) pairs, e.g. 8x256,1x16 (default: by profile)")
+    p.add_argument("--log2-t", type=_log2_range, help="T range as log2 exponents, e.g. 10:20")
+    p.add_argument("--max-elements", type=int, help="skip points with B*T*D above this (default: by profile)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    p.add_argument("--providers", type=_choices(PROVIDERS), default=list(PROVIDERS),
+                   help=f"comma list from {', '.join(PROVIDERS)} (default: all that run)")
+    p.add_argument("--modes", type=_choices(MODES), default=list(MODES), help="comma list of fwd,bwd,fwdbwd")
+    p.add_argument("--loop-max-t", type=int, default=4096, help="run the Python loop only up to this T")
+    p.add_argument("--max-seconds", type=float, default=2.0,
+                   help="drop a provider for larger T of a shape once one call takes longer than this")
+    p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per provider first")
+    p.add_argument("--name", help="result file stem (default scan_<device>)")
+    p.add_argument("--no-save", action="store_true", help="print the table only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --- providers: each returns fwd(a, b) -> h on batch-first [B, T, D] tensors, or raises _Skip(reason)
+
+
+class _Skip(Exception):
+    pass
+
+
+def _provider(name: str, device, T: int, args):
+    import torch
+
+    from fpcore.scan import available_backends, linear_scan, ref
+
+    cuda = torch.device(device).type == "cuda"
+    if name == "loop":
+        if T > args.loop_max_t:
+            raise _Skip(f"loop only up to T={args.loop_max_t}")
+        return lambda a, b: ref.loop(a, b)
+    if name in ("torch", "numba", "cupy"):
+        if name not in available_backends(device):
+            raise _Skip(f"backend {name!r} not available on {torch.device(device).type}")
+        return lambda a, b: linear_scan(a, b, backend=name)
+    if name == "numba_out":
+        if "numba" not in available_backends(device):
+            raise _Skip("numba needs CPU tensors and the numba package")
+        from fpcore.scan import numba_backend
+
+        buf = {}
+
+        def into_out(a, b):  # the kernel alone, writing into a preallocated output like the baseline
+            if a.requires_grad:
+                raise _Skip("forward only (writes into a preallocated output)")
+            out = buf.get(a.shape)
+            if out is None:
+                out = buf[a.shape] = torch.empty_like(a)
+            return numba_backend.scan(a, b, None, reverse=False, out=out)
+        return into_out
+    if name.startswith("accelerated_scan"):
+        kind = name.rsplit("_", 1)[1]
+        if not cuda:
+            raise _Skip("accelerated-scan runs on CUDA only")
+        try:
+            mod = __import__(f"accelerated_scan.{kind}", fromlist=["scan"])
+        except Exception as err:  # not installed, or Triton/CUDA missing
+            raise _Skip(f"accelerated_scan.{kind} unavailable: {type(err).__name__}") from None
+        if kind == "warp" and (T & (T - 1) or not 32 <= T <= 65536):
+            raise _Skip("its CUDA kernel needs power-of-two T in [32, 65536]")
+
+        def acc_scan(a, b):  # its layout is (B, C, T): the one transpose, outside the kernel's own work
+            return mod.scan(a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous()).transpose(1, 2)  # (B, T, D)
+        return acc_scan
+    if name == "assoc_scan":
+        try:
+            from torch._higher_order_ops.associative_scan import associative_scan
+        except ImportError:
+            raise _Skip("torch has no associative_scan") from None
+
+        def op(x, y):
+            return ref.combine(x, y)
+
+        def assoc(a, b):
+            return associative_scan(op, (a, b), dim=1, combine_mode="generic")[1]
+        return assoc
+    raise _Skip(f"unknown provider {name}")
+
+
+def _membound(a, b, device):
+    """The memory-bound baseline over the forward's bytes (3 N elements moved)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        n = a.numel() * 3 // 2
+        src = torch.empty(n, dtype=a.dtype, device=a.device)
+        dst = torch.empty_like(src)
+        return "copy", lambda: dst.copy_(src)
+    out = torch.empty_like(a)
+    return "addcmul", lambda: torch.addcmul(b, a, b, out=out)
+
+
+def _err(x, ref) -> float:
+    return (x.double() - ref).abs().max().item()
+
+
+def run_sweep(args) -> dict:
+    """Run the sweep described by ``args`` and return the result payload (rows, config, targets)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from fpcore import bench, config
+    from fpcore.scan import linear_scan
+
+    device = config.device(None if args.device == "auto" else args.device)
+    prof = FULL if (args.full or config.is_full()) else QUICK
+    shapes = args.shapes or prof["shapes"]
+    lo, hi = args.log2_t or prof["log2_t"]
+    max_el = args.max_elements or prof["max_elements"]
+    repeat = args.repeat or prof["repeat"]
+    dtype = getattr(torch, args.dtype)
+    points = [(B, 1 << k, D) for (B, D) in shapes for k in range(lo, hi + 1) if B * (1 << k) * D <= max_el]
+    if not points:
+        raise ValueError(f"no (B, T, D) point has B*T*D <= {max_el}; raise --max-elements")
+    rows, dropped = [], {}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    bar = tqdm(points, desc="bench scan", disable=args.no_progress, leave=False)
+    for B, T, D in bar:
+        bar.set_postfix_str(f"B={B} T={T} D={D}")
+        # gates in (0.9, 1): long memory, where rounding error has room to grow
+        a64 = (0.9 + 0.1 * torch.rand(B, T, D, generator=gen, dtype=torch.float64)).to(device)
+        b64 = torch.randn(B, T, D, generator=gen, dtype=torch.float64).to(device)
+        g64 = torch.randn(B, T, D, generator=gen, dtype=torch.float64).to(device)
+        a, b, gout = a64.to(dtype), b64.to(dtype), g64.to(dtype)
+        # float64 reference on the inputs as rounded to dtype
+        ra, rb = a.double().requires_grad_(), b.double().requires_grad_()
+        href = linear_scan(ra, rb)
+        da_ref, db_ref = torch.autograd.grad(href, (ra, rb), g64)
+        href = href.detach()
+        del a64, b64, g64, ra, rb
+        base_name, base_fn = _membound(a, b, device)
+        N = B * T * D
+        esize = a.element_size()
+        for mode in args.modes:
+            fns, errs, skips = {}, {}, {}
+            for name in args.providers:
+                if name in dropped.get((B, D), {}):
+                    skips[name] = dropped[(B, D)][name]
+                    continue
+                try:
+                    fwd = _provider(name, device, T, args)
+                    fns[name], errs[name] = _mode_fn(fwd, mode, a, b, gout, href, da_ref, db_ref, torch)
+                except _Skip as why:
+                    skips[name] = str(why)
+                except Exception as err:  # a provider that breaks on this input: say so, keep going
+                    skips[name] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+            timed = bench.time_side_by_side({base_name: base_fn, **fns}, device=device, warmup=args.warmup,
+                                            repeat=repeat)
+            t_base = timed[base_name]["median"]
+            scale = BYTES_PER_ELEMENT[mode] / 3  # the baseline moves the forward's 3 N elements
+            rows.append(_row(B, T, D, mode, f"membound:{base_name}", t_base * scale, timed[base_name]["min"] * scale,
+                             None, N * esize * 3 * scale, 1.0))
+            for name in fns:
+                t = timed[name]["median"]
+                rows.append(_row(B, T, D, mode, name, t, timed[name]["min"], errs[name],
+                                 N * esize * BYTES_PER_ELEMENT[mode], t / (t_base * scale)))
+                if t > args.max_seconds:
+                    dropped.setdefault((B, D), {})[name] = f"dropped after {t:.1f} s at T={T}"
+            for name, why in skips.items():
+                rows.append({"B": B, "T": T, "D": D, "mode": mode, "provider": name, "skipped": why})
+        del href, da_ref, db_ref, a, b, gout
+    return {
+        "config": {"dtype": args.dtype, "device": str(device), "shapes": shapes, "log2_t": [lo, hi],
+                   "max_elements": max_el, "repeat": repeat, "warmup": args.warmup, "providers": args.providers,
+                   "modes": args.modes, "gates": "U(0.9, 1)", "inputs": "N(0, 1)",
+                   "bytes_per_element": BYTES_PER_ELEMENT},
+        "rows": rows,
+        "targets": _targets(rows, device),
+    }
+
+
+def _mode_fn(fwd, mode, a, b, gout, href, da_ref, db_ref, torch):
+    """(callable to time, max-abs-error vs float64) for one provider and mode."""
+    if mode == "fwd":
+        with torch.no_grad():
+            err = _err(fwd(a, b), href)
+        return (lambda: fwd(a, b)), err
+    a_, b_ = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    h = fwd(a_, b_)
+    da, db = torch.autograd.grad(h, (a_, b_), gout, retain_graph=True)
+    err = max(_err(da, da_ref), _err(db, db_ref))
+    if mode == "bwd":
+        return (lambda: torch.autograd.grad(h, (a_, b_), gout, retain_graph=True)), err
+    return (lambda: torch.autograd.grad(fwd(a_, b_), (a_, b_), gout)), err
+
+
+def _row(B, T, D, mode, provider, seconds, min_seconds, err, nbytes, ratio):
+    from fpcore import bench
+
+    return {"B": B, "T": T, "D": D, "mode": mode, "provider": provider, "ms": seconds * 1e3,
+            "min_ms": min_seconds * 1e3, "GB/s": bench.gbps(nbytes, seconds), "x_membound": ratio, "max_abs_err": err}
+
+
+def _targets(rows, device) -> dict:
+    """The issue's targets, read off the rows measured in this run (absent points stay absent)."""
+    import torch
+
+    def find(B, T, D, mode, provider):
+        for r in rows:
+            if (r["B"], r["T"], r["D"], r["mode"], r["provider"]) == (B, T, D, mode, provider) and "ms" in r:
+                return r
+        return None
+
+    out = {}
+    if torch.device(device).type == "cpu":
+        for prov in ("numba", "numba_out", "torch"):
+            r = find(8, 4096, 256, "fwd", prov)
+            if r:
+                out[f"cpu_fwd_8x4096x256_{prov}_x_addcmul"] = {"value": r["x_membound"], "target": 2.0,
+                                                               "met": r["x_membound"] <= 2.0}
+    else:
+        r = find(8, 65536, 1536, "fwd", "cupy")
+        if r:
+            out["gpu_fwd_8x65536x1536_cupy_x_copy"] = {"value": r["x_membound"], "target": 1.25,
+                                                       "met": r["x_membound"] <= 1.25}
+            rb = find(8, 65536, 1536, "bwd", "cupy")
+            if rb:
+                out["gpu_bwd_over_fwd_8x65536x1536_cupy"] = {"value": rb["ms"] / r["ms"], "target": 1.5,
+                                                             "met": rb["ms"] / r["ms"] <= 1.5}
+            for acc in ("accelerated_scan_warp", "accelerated_scan_scalar"):
+                ra = find(8, 65536, 1536, "fwd", acc)
+                if ra:
+                    out[f"gpu_fwd_cupy_over_{acc}"] = {"value": r["ms"] / ra["ms"], "target": 1.0,
+                                                       "met": r["ms"] < ra["ms"]}
+    return out
+
+
+def figure(payload: dict, title: str):
+    """Log-log time vs T, one panel per (B, D); solid forward, dashed forward+backward, black the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in payload["rows"] if "ms" in r]
+    shapes = sorted({(r["B"], r["D"]) for r in rows})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.2 * len(shapes), 4.2), squeeze=False)
+    providers = sorted({r["provider"] for r in rows if not r["provider"].startswith("membound")})
+    colors = {p: f"C{i}" for i, p in enumerate(providers)}
+    for ax, (B, D) in zip(axes[0], shapes):
+        for mode, style in (("fwd", "-"), ("fwdbwd", "--")):
+            sel = [r for r in rows if (r["B"], r["D"], r["mode"]) == (B, D, mode)]
+            for prov in providers + ["membound"]:
+                pts = sorted((r["T"], r["ms"]) for r in sel if r["provider"].split(":")[0] == prov)
+                if pts:
+                    ax.loglog(*zip(*pts), style, marker=".", color=colors.get(prov, "black"),
+                              label=f"{prov} {mode}")
+        ax.set(title=f"B={B}, D={D}", xlabel="T", ylabel="time (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+COLUMNS = ("B", "T", "D", "mode", "provider", "ms", "GB/s", "x_membound", "max_abs_err")
+
+
+def run(args) -> int:
+    """Entry point of ``python -m fpcore bench scan``."""
+    import torch
+
+    from fpcore import bench
+    from fpcore.results import device_name
+
+    payload = run_sweep(args)
+    device = torch.device(payload["config"]["device"])
+    timed = [r for r in payload["rows"] if "ms" in r]
+    print(bench.format_table(timed, COLUMNS))
+    skipped = {}
+    for r in payload["rows"]:
+        if "skipped" in r:
+            skipped.setdefault((r["provider"], r["skipped"]), []).append(r["T"])
+    for (prov, why), Ts in skipped.items():
+        print(f"not run: {prov} ({why}) at T = {min(Ts)}..{max(Ts)}")
+    for key, t in payload["targets"].items():
+        print(f"target {key}: {t['value']:.2f} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
+    if not args.no_save:
+        title = (f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__} "
+                 f"(solid: forward, dashed: forward+backward, black: memory-bound op)")
+        fig = figure(payload, title)
+        name = args.name or f"scan_{bench.device_tag(device)}"
+        for path in bench.save(name, payload, fig, device=device):
+            print(f"wrote {path}")
+    return 0
