@@ -20,7 +20,7 @@ condition for the tanh RNN, ||W||_2 < 1, applied block by block); ``unstable``: 
 spectral norm 3.
 
 Quick (CPU, default): T in {2^10, 2^14} at the smallest H, T = 2^10 at the others; a few minutes. Full: ``--full`` (T = 2^10 .. 2^20), meant for a GPU.
-Writes a table to stdout and ``results/fixed_point_bench_<device>.json`` + ``.png`` (via fpcore.results).
+Writes a table to stdout and ``results/fixed_point_<device tag>.json`` + ``.png`` (via fpcore.results).
 """
 from __future__ import annotations
 
@@ -38,29 +38,63 @@ from torch import nn
 from fpcore import cells, config
 from fpcore.fixed_point import solve
 
+HELP = "fixed-point solvers vs the step loop and torch.nn: GRU/LSTM, time to tol, iterations, error, memory"
 METHODS = ("loop", "torch.nn", "jacobi", "quasi_newton", "newton", "damped")
 QUICK_LENGTHS = (2**10, 2**14)
 FULL_LENGTHS = tuple(2**p for p in range(10, 21, 2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cells", default="gru,lstm", help="comma-separated: gru, lstm (default: both)")
-    parser.add_argument("--hidden", default="64,256", help="hidden sizes H (default: 64,256)")
-    parser.add_argument("--batch", type=int, default=16, help="batch size B (default: 16)")
-    parser.add_argument("--lengths", default=None,
+    parser.add_argument("--cells", type=_choices_type(("gru", "lstm"), "cells"), default=["gru", "lstm"],
+                        help="comma-separated: gru, lstm (default: both)")
+    parser.add_argument("--hidden", type=_ints_type("hidden"), default=[64, 256], help="hidden sizes H (default: 64,256)")
+    parser.add_argument("--batch", type=_positive(int), default=16, help="batch size B (default: 16)")
+    parser.add_argument("--lengths", type=_ints_type("lengths"), default=None,
                         help=f"sequence lengths T, comma-separated (default: {QUICK_LENGTHS}; --full: 2^10..2^20)")
     parser.add_argument("--full", action="store_true", help="the full sweep: T = 2^10, 2^12, ..., 2^20")
-    parser.add_argument("--weights", default="stable,unstable", help="stable, unstable or both (default)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
-    parser.add_argument("--tol", type=float, default=1e-5, help="stopping tolerance (default: 1e-5)")
-    parser.add_argument("--time-limit", type=float, default=None,
+    parser.add_argument("--weights", type=_choices_type(("stable", "unstable"), "weights"),
+                        default=["stable", "unstable"], help="stable, unstable or both (default)")
+    parser.add_argument("--methods", type=_choices_type(METHODS, "methods"), default=list(METHODS),
+                        help=f"subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--tol", type=_positive(float), default=1e-5, help="stopping tolerance (default: 1e-5)")
+    parser.add_argument("--time-limit", type=_positive(float), default=None,
                         help="seconds per solve before it is stopped (default: 8 on CPU, 60 on GPU)")
-    parser.add_argument("--newton-max-gb", type=float, default=None,
+    parser.add_argument("--newton-max-gb", type=_positive(float), default=None,
                         help="skip newton/damped where 3 x the Jacobians' bytes exceed this (default: 1.5 CPU, "
                              "half the GPU's memory)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: fpcore.config.device())")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default=None, help="result file stem (default: fixed_point_bench_<device>)")
+    parser.add_argument("--name", default=None, help="result file stem (default: fixed_point_<device tag>)")
+
+
+def _ints_type(what):
+    def parse(text):
+        try:
+            return _ints(text, what)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def _choices_type(allowed, what):
+    def parse(text):
+        try:
+            return _choices(text, allowed, what)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return v
+    return parse
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -261,14 +295,9 @@ def _warm_up(device):
 # -- the command ---------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     device = config.device(args.device)
-    kinds = _choices(args.cells, ("gru", "lstm"), "cells")
-    hidden = _ints(args.hidden, "hidden")
-    lengths = _ints(args.lengths, "lengths") if args.lengths else list(FULL_LENGTHS if args.full else QUICK_LENGTHS)
+    kinds, hidden, weights, methods = args.cells, args.hidden, args.weights, args.methods
+    lengths = args.lengths or list(FULL_LENGTHS if args.full else QUICK_LENGTHS)
     quick_grid = not (args.lengths or args.full)  # quick: the longest T only at the smallest H
-    weights = _choices(args.weights, ("stable", "unstable"), "weights")
-    methods = _choices(args.methods, METHODS, "methods")
-    if args.batch < 1 or not args.tol > 0:
-        raise ValueError("--batch must be >= 1 and --tol > 0")
     time_limit = args.time_limit or (60.0 if device.type == "cuda" else 8.0)
     if args.newton_max_gb is not None:
         newton_max = args.newton_max_gb * 2**30
@@ -290,8 +319,10 @@ def run(args: argparse.Namespace) -> int:
                                          device, args.seed):
                         rows.append(row)
                         print(_line(row), flush=True)
-    name = args.name or f"fixed_point_bench_{device.type}"
     from fpcore import results
+    from fpcore.bench import device_tag
+
+    name = args.name or f"fixed_point_{device_tag(device)}"
 
     payload = dict(
         config=dict(cells=kinds, hidden=hidden, batch=args.batch, lengths=lengths, weights=weights,
