@@ -197,6 +197,7 @@ def test_bad_arguments_raise_value_error(kwargs):
     (torch.randint(0, 3, (2, 8, 3)), None),  # integers
     (torch.randn(2, 8, 3), torch.randn(3, 6)),  # wrong B in h0
     (torch.randn(2, 8, 3), torch.randn(2, 7)),  # wrong H in h0
+    (torch.randn(2, 8, 3, dtype=F64), None),  # float64 x, float32 weights
 ])
 def test_bad_shapes_raise_value_error(x, h0):
     with pytest.raises(ValueError):

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip newton/damped where 3 x the Jacobians' bytes exceed this (default: 1.5 CPU, "
                              "half the GPU's memory)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: fpcore.config.device())")
+    parser.add_argument("--threads", type=_positive(int), default=None,
+                        help="torch CPU threads (default: torch's choice). On a shared CPU use 1: oversubscribed "
+                             "OpenMP threads spin and can slow small ops down a hundredfold")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="result file stem (default: fixed_point_<device tag>)")
 
@@ -295,6 +298,8 @@ def _warm_up(device):
 # -- the command ---------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     device = config.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kinds, hidden, weights, methods = args.cells, args.hidden, args.weights, args.methods
     lengths = args.lengths or list(FULL_LENGTHS if args.full else QUICK_LENGTHS)
     quick_grid = not (args.lengths or args.full)  # quick: the longest T only at the smallest H
@@ -307,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         newton_max = 1.5 * 2**30
     config.seed_everything(args.seed)
     _warm_up(device)
-    rows, t0 = [], time.perf_counter()
+    rows, t0, load_before = [], time.perf_counter(), os.getloadavg()
     print(_header())
     for kind in kinds:
         for H in hidden:
@@ -327,12 +332,15 @@ def run(args: argparse.Namespace) -> int:
     payload = dict(
         config=dict(cells=kinds, hidden=hidden, batch=args.batch, lengths=lengths, weights=weights,
                     methods=methods, tol=args.tol, time_limit_s=time_limit, newton_max_bytes=newton_max,
-                    dtype="float32", input_size="= H", seed=args.seed,
+                    dtype="float32", input_size="= H", seed=args.seed, threads=torch.get_num_threads(),
                     stable="each W_hh gate block projected to spectral norm <= 0.9",
                     unstable="each W_hh gate block scaled to spectral norm 3",
                     memory="separate untimed pass; CUDA: peak allocated bytes; CPU: peak RSS growth sampled every 2 ms "
                            "(solvers: a 2-iteration solve)"),
-        wall_time_s=time.perf_counter() - t0, rows=rows)
+        wall_time_s=time.perf_counter() - t0, rows=rows,
+        # the machine's 1/5/15-minute load averages before and after: on a shared CPU they say how far
+        # other processes competed with these timings
+        load_average=dict(before=load_before, after=os.getloadavg(), cpus=os.cpu_count()))
     path = results.save_json(name, payload, device=device)
     png = plot(rows, path.with_suffix(".png"), title=f"{results.device_name(device)} | torch {torch.__version__}")
     print(f"wrote {path} and {png}")

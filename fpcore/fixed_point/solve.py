@@ -83,6 +83,10 @@ def _check(cell, x, method, iters, tol, grad, adjoint, time_limit):
         raise ValueError(f"x has {x.shape[-1]} features, the cell expects input_size={cell.input_size}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    w = (cell[0] if isinstance(cell, CellStack) else cell).weight_hh
+    if isinstance(w, Tensor) and (w.dtype != x.dtype or w.device != x.device):
+        raise ValueError(f"x is {x.dtype} on {x.device} but the cell's weights are {w.dtype} on {w.device}; "
+                         f"convert one of them (e.g. module.to(x.dtype))")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
@@ -122,8 +126,8 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
     callback    called as ``callback(k, S)`` after iteration k with the new iterate (e.g. to record the
             error of every iterate against a reference, as notebook 05 does); its result is ignored.
 
-    Divergence (non-finite iterates, or for the Newton family a residual GROWTH = 1e3 times the smallest
-    seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
+    Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that
+    grows to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
     residual max |F(S) - S| is returned with ``converged=False, diverged=True``. Jacobi cannot diverge on
     a bounded cell (each iteration makes one more position exact whatever its residual does), so for it
     only non-finite values count.
