@@ -295,11 +295,20 @@ def _warm_up(device):
                 solve(cells.from_torch(m), x, method=method, grad="none")
 
 
+def _set_threads(n: int) -> None:
+    """Use ``n`` CPU threads in torch and, if it is loaded, in Numba (both drive the same OpenMP runtime)."""
+    import sys
+
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(n)
+
+
 # -- the command ---------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     device = config.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     kinds, hidden, weights, methods = args.cells, args.hidden, args.weights, args.methods
     lengths = args.lengths or list(FULL_LENGTHS if args.full else QUICK_LENGTHS)
     quick_grid = not (args.lengths or args.full)  # quick: the longest T only at the smallest H
@@ -312,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
         newton_max = 1.5 * 2**30
     config.seed_everything(args.seed)
     _warm_up(device)
+    if args.threads:  # after the warm-up: loading Numba's OpenMP layer resets the shared OpenMP thread count
+        _set_threads(args.threads)
     rows, t0, load_before = [], time.perf_counter(), os.getloadavg()
     print(_header())
     for kind in kinds:
