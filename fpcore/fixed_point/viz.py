@@ -94,13 +94,13 @@ def plot_dependency(dep: Tensor, k: int, ax=None):
     return ax
 
 
-def dependency_grid(cell, x: Tensor, ks):
-    """One static figure: the dependency heatmap for each k in ``ks``."""
+def dependency_grid(deps: dict):
+    """One static figure: the dependency heatmap for each ``{k: dependency(cell, x, k)}``."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(ks), figsize=(3.3 * len(ks), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        plot_dependency(dependency(cell, x, k), k, ax)
+    fig, axes = plt.subplots(1, len(deps), figsize=(3.3 * len(deps), 3.2), squeeze=False)
+    for ax, (k, dep) in zip(axes[0], deps.items()):
+        plot_dependency(dep, k, ax)
     fig.tight_layout()
     return fig
 
