@@ -96,11 +96,20 @@ def _choose(backend: str, device: torch.device) -> str:
         if kind not in _AUTO:
             return "torch"
         fast, fallback = _AUTO[kind]
+        why = None
         if BACKENDS[fast].is_available():
-            return fast
+            if fast != "cupy":
+                return fast
+            from fpcore.scan import cupy_backend
+
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if cupy_backend.usable(index):  # compiles the kernels on the first CUDA call, once
+                return fast
+            why = f"the CUDA kernels did not compile ({cupy_backend._compile_errors[index]})"
         if kind not in _warned:
             _warned.add(kind)
-            why = "Numba is not installed" if fast == "numba" else "CuPy is not installed or cannot use this GPU"
+            if why is None:
+                why = "Numba is not installed" if fast == "numba" else "CuPy is not installed or cannot use this GPU"
             warnings.warn(f"fpcore.linear_scan: {why}; using the slower '{fallback}' backend on {kind}",
                           RuntimeWarning, stacklevel=3)
         return fallback

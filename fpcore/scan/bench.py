@@ -18,10 +18,12 @@ HELP = "linear scan: providers x T x (B, D), fwd/bwd, GB/s, ratio to a memory-bo
 PROVIDERS = ("loop", "torch", "numba", "numba_out", "cupy", "accelerated_scan_warp", "accelerated_scan_scalar",
              "assoc_scan")
 MODES = ("fwd", "bwd", "fwdbwd")
+LOOP_MAX_ELEMENTS = 1 << 20  # the Python loop's backward is thousands of small ops: keep it to small points
 BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwdbwd": 8}  # tensors of N elements read or written, at minimum
-QUICK = {"shapes": [(8, 256), (1, 16)], "log2_t": (10, 20), "max_elements": 1 << 23, "repeat": 5}
+QUICK = {"shapes": [(8, 256), (1, 16)], "log2_t": (10, 20), "max_elements": 1 << 24, "repeat": 5,
+         "max_seconds": 1.0, "loop_max_t": 1024}
 FULL = {"shapes": [(8, 256), (1, 1536), (8, 1536), (16, 64)], "log2_t": (10, 20), "max_elements": 1 << 30,
-        "repeat": 10}
+        "repeat": 10, "max_seconds": 2.0, "loop_max_t": 4096}
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -64,11 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", type=_choices(PROVIDERS), default=list(PROVIDERS),
                    help=f"comma list from {', '.join(PROVIDERS)} (default: all that run)")
     p.add_argument("--modes", type=_choices(MODES), default=list(MODES), help="comma list of fwd,bwd,fwdbwd")
-    p.add_argument("--loop-max-t", type=int, default=4096, help="run the Python loop only up to this T")
-    p.add_argument("--max-seconds", type=float, default=2.0,
-                   help="drop a provider for larger T of a shape once one call takes longer than this")
+    p.add_argument("--loop-max-t", type=int, help="run the Python loop only up to this T (default: by profile)")
+    p.add_argument("--max-seconds", type=float,
+                   help="drop a provider for larger T of a shape once one call takes longer (default: by profile)")
     p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per provider first")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
     p.add_argument("--name", help="result file stem (default scan_<device>)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,8 +90,8 @@ def _provider(name: str, device, T: int, args):
 
     cuda = torch.device(device).type == "cuda"
     if name == "loop":
-        if T > args.loop_max_t:
-            raise _Skip(f"loop only up to T={args.loop_max_t}")
+        if T > args.loop_max_t or T * args.loop_width > LOOP_MAX_ELEMENTS:
+            raise _Skip(f"loop only up to T={args.loop_max_t} and B*T*D <= {LOOP_MAX_ELEMENTS}")
         return lambda a, b: ref.loop(a, b)
     if name in ("torch", "numba", "cupy"):
         if name not in available_backends(device):
@@ -170,11 +172,14 @@ def run_sweep(args) -> dict:
     lo, hi = args.log2_t or prof["log2_t"]
     max_el = args.max_elements or prof["max_elements"]
     repeat = args.repeat or prof["repeat"]
+    args.loop_max_t = args.loop_max_t or prof["loop_max_t"]
+    args.max_seconds = args.max_seconds or prof["max_seconds"]
     dtype = getattr(torch, args.dtype)
     points = [(B, 1 << k, D) for (B, D) in shapes for k in range(lo, hi + 1) if B * (1 << k) * D <= max_el]
     if not points:
         raise ValueError(f"no (B, T, D) point has B*T*D <= {max_el}; raise --max-elements")
     rows, dropped = [], {}
+    load_before = _loadavg()
     gen = torch.Generator(device="cpu").manual_seed(0)
     bar = tqdm(points, desc="bench scan", disable=args.no_progress, leave=False)
     for B, T, D in bar:
@@ -195,9 +200,10 @@ def run_sweep(args) -> dict:
         esize = a.element_size()
         for mode in args.modes:
             fns, errs, skips = {}, {}, {}
+            args.loop_width = B * D
             for name in args.providers:
-                if name in dropped.get((B, D), {}):
-                    skips[name] = dropped[(B, D)][name]
+                if name in dropped.get((B, D, mode), {}):
+                    skips[name] = dropped[(B, D, mode)][name]
                     continue
                 try:
                     fwd = _provider(name, device, T, args)
@@ -208,16 +214,17 @@ def run_sweep(args) -> dict:
                     skips[name] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
             timed = bench.time_side_by_side({base_name: base_fn, **fns}, device=device, warmup=args.warmup,
                                             repeat=repeat)
-            t_base = timed[base_name]["median"]
+            t_base, t_base_min = timed[base_name]["median"], timed[base_name]["min"]
             scale = BYTES_PER_ELEMENT[mode] / 3  # the baseline moves the forward's 3 N elements
             rows.append(_row(B, T, D, mode, f"membound:{base_name}", t_base * scale, timed[base_name]["min"] * scale,
-                             None, N * esize * 3 * scale, 1.0))
+                             None, N * esize * 3 * scale, 1.0, 1.0))
             for name in fns:
                 t = timed[name]["median"]
                 rows.append(_row(B, T, D, mode, name, t, timed[name]["min"], errs[name],
-                                 N * esize * BYTES_PER_ELEMENT[mode], t / (t_base * scale)))
+                                 N * esize * BYTES_PER_ELEMENT[mode], t / (t_base * scale),
+                                 timed[name]["min"] / (t_base_min * scale)))
                 if t > args.max_seconds:
-                    dropped.setdefault((B, D), {})[name] = f"dropped after {t:.1f} s at T={T}"
+                    dropped.setdefault((B, D, mode), {})[name] = f"{mode} dropped after {t:.1f} s at T={T}"
             for name, why in skips.items():
                 rows.append({"B": B, "T": T, "D": D, "mode": mode, "provider": name, "skipped": why})
         del href, da_ref, db_ref, a, b, gout
@@ -225,10 +232,22 @@ def run_sweep(args) -> dict:
         "config": {"dtype": args.dtype, "device": str(device), "shapes": shapes, "log2_t": [lo, hi],
                    "max_elements": max_el, "repeat": repeat, "warmup": args.warmup, "providers": args.providers,
                    "modes": args.modes, "gates": "U(0.9, 1)", "inputs": "N(0, 1)",
-                   "bytes_per_element": BYTES_PER_ELEMENT},
+                   "bytes_per_element": BYTES_PER_ELEMENT,
+                   "load_average_before_after": [load_before, _loadavg()],
+                   "cpu_threads": torch.get_num_threads()},
         "rows": rows,
         "targets": _targets(rows, device),
     }
+
+
+def _loadavg():
+    """1-minute load average (shared machines: context for noisy timings), or None where unknown."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _mode_fn(fwd, mode, a, b, gout, href, da_ref, db_ref, torch):
@@ -246,11 +265,12 @@ def _mode_fn(fwd, mode, a, b, gout, href, da_ref, db_ref, torch):
     return (lambda: torch.autograd.grad(fwd(a_, b_), (a_, b_), gout)), err
 
 
-def _row(B, T, D, mode, provider, seconds, min_seconds, err, nbytes, ratio):
+def _row(B, T, D, mode, provider, seconds, min_seconds, err, nbytes, ratio, ratio_min):
     from fpcore import bench
 
     return {"B": B, "T": T, "D": D, "mode": mode, "provider": provider, "ms": seconds * 1e3,
-            "min_ms": min_seconds * 1e3, "GB/s": bench.gbps(nbytes, seconds), "x_membound": ratio, "max_abs_err": err}
+            "min_ms": min_seconds * 1e3, "GB/s": bench.gbps(nbytes, seconds), "x_membound": ratio, "x_membound_min": ratio_min,
+            "max_abs_err": err}
 
 
 def _targets(rows, device) -> dict:
@@ -269,7 +289,8 @@ def _targets(rows, device) -> dict:
             r = find(8, 4096, 256, "fwd", prov)
             if r:
                 out[f"cpu_fwd_8x4096x256_{prov}_x_addcmul"] = {"value": r["x_membound"], "target": 2.0,
-                                                               "met": r["x_membound"] <= 2.0}
+                                                               "met": r["x_membound"] <= 2.0,
+                                                               "value_from_min_times": r["x_membound_min"]}
     else:
         r = find(8, 65536, 1536, "fwd", "cupy")
         if r:
@@ -309,13 +330,17 @@ def figure(payload: dict, title: str):
                               label=f"{prov} {mode}")
         ax.set(title=f"B={B}, D={D}", xlabel="T", ylabel="time (ms)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    seen = {}
+    for ax in axes[0]:  # one legend for all panels (a provider may run in one panel only)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    axes[0][-1].legend(seen.values(), seen.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-COLUMNS = ("B", "T", "D", "mode", "provider", "ms", "GB/s", "x_membound", "max_abs_err")
+COLUMNS = ("B", "T", "D", "mode", "provider", "ms", "GB/s", "x_membound", "x_membound_min", "max_abs_err")
 
 
 def run(args) -> int:
@@ -336,12 +361,22 @@ def run(args) -> int:
     for (prov, why), Ts in skipped.items():
         print(f"not run: {prov} ({why}) at T = {min(Ts)}..{max(Ts)}")
     for key, t in payload["targets"].items():
-        print(f"target {key}: {t['value']:.2f} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
+        extra = f" (ratio of best times {t['value_from_min_times']:.2f})" if "value_from_min_times" in t else ""
+        print(f"target {key}: {t['value']:.2f}{extra} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
     if not args.no_save:
-        title = (f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__} "
-                 f"(solid: forward, dashed: forward+backward, black: memory-bound op)")
+        load = payload["config"]["load_average_before_after"]
+        title = (f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__}, load avg {load}\n"
+                 f"(solid: forward, dashed: forward+backward, black: memory-bound op; median of "
+                 f"{payload['config']['repeat']} interleaved rounds)")
         fig = figure(payload, title)
         name = args.name or f"scan_{bench.device_tag(device)}"
         for path in bench.save(name, payload, fig, device=device):
             print(f"wrote {path}")
     return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The suite's options as ``python -m fpcore bench scan`` would parse them (for notebooks)."""
+    parser = argparse.ArgumentParser(prog="bench scan")
+    add_arguments(parser)
+    return parser.parse_args(argv or [])

@@ -55,6 +55,22 @@ def _module(device_index: int):
     return module
 
 
+_compile_errors: dict[int, str] = {}
+
+
+def usable(device_index: int) -> bool:
+    """Compile the kernels for this device now (first call only); False, with the reason kept in
+    ``_compile_errors``, if NVRTC or the driver refuses them. ``backend="auto"`` then uses torch."""
+    if device_index in _compile_errors:
+        return False
+    try:
+        _module(device_index)
+    except Exception as err:  # CompileException, a driver/toolkit mismatch, ...
+        _compile_errors[device_index] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -73,8 +89,9 @@ def launch_config(B: int, T: int, D: int, sm_count: int) -> tuple[int, int]:
     return groups, span
 
 
-def _scratch_for(device: torch.device, acc: torch.dtype, n: int) -> torch.Tensor:
-    key = (device.index, acc)
+def _scratch_for(device: torch.device, acc: torch.dtype, n: int, stream: int) -> torch.Tensor:
+    # one buffer per (device, dtype, stream): work queued on one stream never races another's scratch
+    key = (device.index, acc, stream)
     with _lock:
         buf = _scratch.get(key)
         if buf is None or buf.numel() < 2 * n:
@@ -101,14 +118,15 @@ def _launch(a, b, h0, out, *, reverse, shifted, hf=None, hb=None, da=None):
     suffix = _SUFFIX[a.dtype]
     groups, span = launch_config(B, T, D, _sm_count(idx))
     acc = _ACC[a.dtype]
-    scratch = _scratch_for(dev, acc, groups * B * D)
+    torch_stream = torch.cuda.current_stream(dev)
+    scratch = _scratch_for(dev, acc, groups * B * D, torch_stream.cuda_stream)
     aggA, aggH = scratch[: groups * B * D], scratch[groups * B * D: 2 * groups * B * D]
     dummy = out  # a valid pointer for arguments a flag switches off
     grid = (B * (-(-D // 32)), groups)
     block = (32, W)
     i64, i32 = np.int64, np.int32
     module = _module(idx)
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream, idx)
+    stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream, idx)
     with cupy.cuda.Device(idx), stream:
         ca, cb = _cp(a), _cp(b)
         cagA, cagH = _cp(aggA), _cp(aggH)
@@ -143,5 +161,6 @@ def scan_backward(a, h, h0, grad, *, reverse: bool):
     _launch(a, grad, None, g, reverse=not reverse, shifted=True, hf=h,
             hb=None if h0 is None else h0.contiguous(), da=da)
     first = a.shape[1] - 1 if reverse else 0  # h0 enters only the first step of the forward
-    dh0 = (a[:, first].float() * g[:, first].float()).to(a.dtype)
+    acc = _ACC[a.dtype]
+    dh0 = (a[:, first].to(acc) * g[:, first].to(acc)).to(a.dtype)
     return da, g, dh0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["combine", "loop", "hillis_steele", "blelloch", "scan"]
+__all__ = ["combine", "loop", "hillis_steele", "blelloch", "three_phase", "compare_with_loop", "scan"]
 
 
 def combine(first, second):
@@ -131,3 +131,62 @@ def blelloch(a, b, h0=None, *, reverse=False, record: list | None = None) -> tor
 def scan(a, b, h0, *, reverse: bool) -> torch.Tensor:
     """Backend entry point (see :mod:`fpcore.scan`): the plain loop."""
     return loop(a, b, h0, reverse=reverse)
+
+
+def three_phase(a, b, h0=None, *, chunks: int = 4, record: dict | None = None) -> torch.Tensor:
+    """Paper C's chunked algorithm, spelled out for teaching (forward only; any T >= chunks).
+
+    1. every chunk reduces its steps to one pair (prod a, h from a zero state);
+    2. a short sequential scan over the chunk pairs gives each chunk's incoming state;
+    3. every chunk re-scans its steps from that state.
+    Phases 1 and 3 are independent across chunks (one processor each). ``record`` (a dict) receives
+    ``bounds``, ``pairs`` (phase 1: list of (A_c, H_c)) and ``carries`` (phase 2: incoming states).
+    """
+    B, T, D = a.shape
+    acc = torch.promote_types(a.dtype, torch.float32)
+    a, b = a.to(acc), b.to(acc)
+    bounds = [(T * c // chunks, T * (c + 1) // chunks) for c in range(chunks)]
+    # phase 1: one (A, H) pair per chunk, all chunks independent
+    pairs = []
+    for lo, hi in bounds:
+        A, H = torch.ones(B, D, dtype=acc), torch.zeros(B, D, dtype=acc)
+        for t in range(lo, hi):
+            A, H = combine((A, H), (a[:, t], b[:, t]))
+        pairs.append((A, H))
+    # phase 2: scan the chunk pairs (short and sequential: `chunks` steps)
+    h = torch.zeros(B, D, dtype=acc) if h0 is None else h0.to(acc)
+    carries = []
+    for A, H in pairs:
+        carries.append(h)
+        h = A * h + H
+    # phase 3: every chunk re-scans from its incoming state, all chunks independent
+    out = torch.empty(B, T, D, dtype=acc)
+    for (lo, hi), h in zip(bounds, carries):
+        for t in range(lo, hi):
+            h = a[:, t] * h + b[:, t]
+            out[:, t] = h
+    if record is not None:
+        record.update(bounds=bounds, pairs=pairs, carries=carries)
+    return out
+
+
+def compare_with_loop(backend: str, device="cpu", *, T: int = 1000, B: int = 3, D: int = 16, seed: int = 0) -> float:
+    """Max |difference| between ``backend`` and :func:`loop` in float64: h and dL/d(a, b, h0), both directions.
+
+    Gates U(-1, 1), inputs N(0, 1), a random h0 and a random dL/dh. Used by notebook 01 to assert that
+    every available backend agrees with the oracle.
+    """
+    from fpcore.scan import linear_scan
+
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    a = (torch.rand(B, T, D, generator=g, dtype=torch.float64) * 2 - 1).to(device).requires_grad_()
+    b, h0 = make(B, T, D).requires_grad_(), make(B, D).requires_grad_()
+    worst = 0.0
+    for reverse in (False, True):
+        got = linear_scan(a, b, h0, reverse=reverse, backend=backend)
+        exp = loop(a, b, h0, reverse=reverse)
+        dh = make(B, T, D)
+        pairs = zip((got, *torch.autograd.grad(got, (a, b, h0), dh)), (exp, *torch.autograd.grad(exp, (a, b, h0), dh)))
+        worst = max([worst] + [(x - y).abs().max().item() for x, y in pairs])
+    return worst

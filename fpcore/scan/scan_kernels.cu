@@ -43,14 +43,23 @@ struct F64 {
 struct F16 {  // IEEE half as raw bits
     typedef u16 E; typedef float Acc;
     static __device__ __forceinline__ Acc load(const E* p, long long i) {
+#ifdef FPCORE_HOST_EMULATION  // tests run these kernels on the CPU (see tests/test_scan_emulated.py)
+        _Float16 h; __builtin_memcpy(&h, p + i, 2);
+        return (float)h;
+#else
         float f; u16 h = p[i];
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
         return f;
+#endif
     }
     static __device__ __forceinline__ void store(E* p, long long i, Acc v) {
+#ifdef FPCORE_HOST_EMULATION
+        _Float16 h = (_Float16)v; __builtin_memcpy(p + i, &h, 2);
+#else
         u16 h;
         asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
         p[i] = h;
+#endif
     }
 };
 struct BF16 {  // bfloat16 as raw bits: the top half of a float32
@@ -120,7 +129,7 @@ __device__ void scan_reduce_impl(const typename P::E* a, const typename P::E* b,
     const bool active = d < D;
     const long long g = blockIdx.y;
     const long long i_begin = g * span;
-    const long long i_end = min(T, i_begin + span);
+    const long long i_end = (i_begin + span < T) ? i_begin + span : T;
     const long long row = bi * T;
     Acc CA = Acc(1), CH = Acc(0);  // the group's running aggregate (identity to start)
     for (long long start = i_begin; start < i_end; start += FPCORE_W * FPCORE_L) {
@@ -156,7 +165,7 @@ __device__ void scan_main_impl(const typename P::E* a, const typename P::E* b, c
     const bool active = d < D;
     const long long g = blockIdx.y;
     const long long i_begin = g * span;
-    const long long i_end = min(T, i_begin + span);
+    const long long i_end = (i_begin + span < T) ? i_begin + span : T;
     const long long row = bi * T;
     Acc carry = (active && has_h0 && !shifted) ? P::load(h0, bi * D + d) : Acc(0);
     for (long long gg = 0; gg < g; ++gg) {  // fold the aggregates of the groups before this one
