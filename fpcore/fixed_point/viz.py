@@ -62,7 +62,7 @@ def dependency(cell, x: Tensor, k: int) -> Tensor:
     if x.shape[0] != 1:
         raise ValueError(f"dependency takes one sequence, x [1, T, D]; got {tuple(x.shape)}")
     fn = lambda xx: solve(cell, xx, method="jacobi", iters=k).outputs[0]  # noqa: E731  (T, H)
-    J = torch.autograd.functional.jacobian(fn, x)  # (T, H, 1, T, D)
+    J = torch.autograd.functional.jacobian(fn, x, vectorize=True)  # (T, H, 1, T, D), one batched backward
     return J[:, :, 0].pow(2).sum(dim=(1, 3)).sqrt()  # (T, T)
 
 
