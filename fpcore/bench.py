@@ -28,6 +28,7 @@ __all__ = ["SUITES", "register", "time_side_by_side", "gbps", "format_table", "d
 # suite name -> module exposing add_arguments(parser) and run(args) -> int
 SUITES: dict[str, str] = {
     "scan": "fpcore.scan.bench",
+    "fixed-point": "fpcore.fixed_point.bench",
     "surrogates": "fpcore.models.bench",
 }
 

@@ -143,7 +143,7 @@ def test_newton_divergence_is_detected_reported_and_rescued_by_damping():
         res = solve(cell, x, method="newton")
     assert res.diverged and not res.converged and "best iterate" in res.message
     assert torch.isfinite(res.states).all()  # the best iterate, not the exploded one
-    assert res.fp_residual == pytest.approx(float((res.states - _F(cell, x, res.states)).abs().max()))
+    assert res.fp_residual == pytest.approx(float((res.states - _F(cell, x, res.states)).detach().abs().max()))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DivergenceWarning)
         damped = solve(cell, x, method="damped")
@@ -197,6 +197,7 @@ def test_bad_arguments_raise_value_error(kwargs):
     (torch.randint(0, 3, (2, 8, 3)), None),  # integers
     (torch.randn(2, 8, 3), torch.randn(3, 6)),  # wrong B in h0
     (torch.randn(2, 8, 3), torch.randn(2, 7)),  # wrong H in h0
+    (torch.randn(2, 8, 3, dtype=F64), None),  # float64 x, float32 weights
 ])
 def test_bad_shapes_raise_value_error(x, h0):
     with pytest.raises(ValueError):

@@ -25,6 +25,8 @@ class FixedPointResult:
     diverged    True when the iterates became non-finite or the residuals grew (see ``message``)
     fp_residual max |F(S) - S| of the returned states (the fixed-point residual; 0 at the exact answer)
     layers      per-layer results for a :class:`~fpcore.cells.CellStack` (empty for one cell)
+    info        what the method kept between iterations (damped: ``alphas``, the accepted alpha per
+                iteration, 0 for a Jacobi step)
     """
 
     outputs: Tensor
@@ -39,6 +41,7 @@ class FixedPointResult:
     message: str = ""
     final: object = None
     layers: list["FixedPointResult"] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         B, T, H = self.outputs.shape

@@ -15,6 +15,7 @@ exact after T iterations, and none ever runs more than T.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -69,7 +70,7 @@ class _Context:
         return self.cell.step(self.prev(S), self.u)
 
 
-def _check(cell, x, method, iters, tol, grad, adjoint):
+def _check(cell, x, method, iters, tol, grad, adjoint, time_limit):
     if not isinstance(cell, (Cell, CellStack)):
         raise ValueError(f"cell must be an fpcore.cells.Cell or CellStack (see cells.from_torch), "
                          f"got {type(cell).__name__}")
@@ -82,6 +83,10 @@ def _check(cell, x, method, iters, tol, grad, adjoint):
         raise ValueError(f"x has {x.shape[-1]} features, the cell expects input_size={cell.input_size}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    w = (cell[0] if isinstance(cell, CellStack) else cell).weight_hh
+    if isinstance(w, Tensor) and (w.dtype != x.dtype or w.device != x.device):
+        raise ValueError(f"x is {x.dtype} on {x.device} but the cell's weights are {w.dtype} on {w.device}; "
+                         f"convert one of them (e.g. module.to(x.dtype))")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
@@ -90,13 +95,15 @@ def _check(cell, x, method, iters, tol, grad, adjoint):
         raise ValueError(f"tol must be a finite number >= 0 (or None), got {tol!r}")
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds (or None), got {time_limit!r}")
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint must be one of {', '.join(ADJOINTS)}, got {adjoint!r}")
 
 
 def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None = None,
           tol: float | None = None, init=None, grad: str = "unrolled", adjoint: str = "scan",
-          backend: str = "auto") -> FixedPointResult:
+          backend: str = "auto", time_limit: float | None = None, callback=None) -> FixedPointResult:
     """Solve a recurrent layer for all t at once as the fixed point S = F(S), F(S)_t = f(s_{t-1}, x_t).
 
     cell    an :class:`fpcore.cells.Cell` or :class:`~fpcore.cells.CellStack` (``cells.from_torch(module)``)
@@ -114,9 +121,13 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             Jacobians and the matrix scan, or ``"jacobi"`` by vector-Jacobian products), assuming
             convergence; "none": run under no_grad.
     backend the :func:`fpcore.linear_scan` backend quasi-Newton uses.
+    time_limit  stop after this many seconds (per layer; checked once per iteration): the benchmark's
+            budget for methods that need many iterations. Judged like an early ``iters`` stop.
+    callback    called as ``callback(k, S)`` after iteration k with the new iterate (e.g. to record the
+            error of every iterate against a reference, as notebook 05 does); its result is ignored.
 
-    Divergence (non-finite iterates, or for the Newton family a residual GROWTH = 1e3 times the smallest
-    seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
+    Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that
+    grows to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
     residual max |F(S) - S| is returned with ``converged=False, diverged=True``. Jacobi cannot diverge on
     a bounded cell (each iteration makes one more position exact whatever its residual does), so for it
     only non-finite values count.
@@ -124,14 +135,14 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
     Returns a :class:`FixedPointResult` (``.outputs`` [B, T, H], ``.states`` [B, T, S], ``.iterations``,
     ``.residuals``, ``.converged``). Raises ValueError on bad input.
     """
-    _check(cell, x, method, iters, tol, grad, adjoint)
+    _check(cell, x, method, iters, tol, grad, adjoint, time_limit)
     if isinstance(cell, CellStack):
         if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(cell)):
             raise ValueError(f"init for a {len(cell)}-layer stack must be a list of {len(cell)} tensors or None")
         layers, inp = [], x
         for i, c in enumerate(cell):
             r = _solve_cell(c, inp, cell.layer_h0(h0, i), method, iters, tol,
-                            None if init is None else init[i], grad, adjoint, backend)
+                            None if init is None else init[i], grad, adjoint, backend, time_limit)
             layers.append(r)
             inp = r.outputs
         last = layers[-1]
@@ -146,10 +157,11 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             method=method, tol=last.tol, diverged=any(r.diverged for r in layers),
             fp_residual=max(r.fp_residual for r in layers), message="; ".join(r.message for r in layers if r.message),
             final=final, layers=layers)
-    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend)
+    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback)
 
 
-def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend) -> FixedPointResult:
+def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit,
+                callback=None) -> FixedPointResult:
     B, T, _ = x.shape
     want_grad = torch.is_grad_enabled() and grad == "unrolled"
     with torch.set_grad_enabled(want_grad or (grad == "implicit" and torch.is_grad_enabled())):
@@ -167,7 +179,7 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend) -
     with torch.set_grad_enabled(want_grad):
         ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
         S, residuals, converged, diverged, fp_res, message = _iterate(
-            ctx, method, init, max_iters, stop_tol, check_tol, T)
+            ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit, callback)
 
     if grad == "implicit" and torch.is_grad_enabled():
         if not converged:
@@ -176,11 +188,13 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend) -
         S = _attach_implicit(cell, u, s0, S.detach(), adjoint, check_tol, T)
     return FixedPointResult(outputs=cell.output(S), states=S, iterations=len(residuals), residuals=residuals,
                             converged=converged, method=method, tol=check_tol, diverged=diverged,
-                            fp_residual=fp_res, message=message, final=cell.final_state(S[:, -1]))
+                            fp_residual=fp_res, message=message, final=cell.final_state(S[:, -1]),
+                            info=dict(ctx.state))
 
 
-def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T):
+def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=None, callback=None):
     step = METHODS[method]
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     B, T_, _ = ctx.u.shape
     S = init.to(ctx.u.dtype) if init is not None else ctx.u.new_zeros(B, T_, ctx.cell.state_size)
     FS = ctx.F(S)
@@ -196,6 +210,8 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T):
         S = S_new
         FS = ctx.F(S) if FS_new is None else FS_new
         fp = _maxabs(FS - S)
+        if callback is not None:
+            callback(k, S)
         if not (math.isfinite(change) and math.isfinite(fp)):
             diverged, message = True, f"{method}: non-finite iterate at iteration {k}"
             break
@@ -208,6 +224,10 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T):
             diverged = True
             message = (f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen "
                        f"({best[0]:.2e}) at iteration {k}")
+            break
+        if deadline is not None and k < max_iters and time.perf_counter() > deadline:
+            converged = change <= check_tol
+            message = f"{method}: time limit of {time_limit:g} s reached after {k} iterations"
             break
     else:
         # max_iters ran out: exact after T iterations by causality; otherwise judge the last change
