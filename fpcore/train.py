@@ -158,13 +158,16 @@ def _set_rng_state(state: dict) -> None:
 
 
 # -- distributed ---------------------------------------------------------------------------------------------
-def _dist_info() -> tuple[int, int]:
+def _dist_info() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call started the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    started = False
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
+        started = True
     rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
+    return rank, world, started
 
 
 def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
@@ -179,7 +182,7 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
     from fpcore import stability
     from fpcore.results import device_name, save_json
 
-    rank, world = _dist_info()
+    rank, world, own_group = _dist_info()
     device = _config.device(cfg.device)
     model.to(device)
     train = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
@@ -272,6 +275,10 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
         }
         if cfg.record_name:
             record["path"] = str(save_json(cfg.record_name, record, device=device))
+    if world > 1:
+        torch.distributed.barrier()  # no process exits while another still talks to it
+        if own_group:
+            torch.distributed.destroy_process_group()
     return record
 
 

@@ -210,7 +210,8 @@ def test_truncation_error_obeys_the_lambda_k_bound(lam):
     assert float(res["error"][-1]) < 1e-12, "k = T is exact"
     # and the truncated model is cells.truncated, paper B's definition
     cell = cells.from_torch(rnn)
-    k5 = cells.truncated(cell, x, 5)
+    with torch.no_grad():
+        k5 = cells.truncated(cell, x, 5)
     assert float((rnn(x)[0].detach() - k5).norm(dim=-1).max()) == pytest.approx(float(res["error"][4]), rel=1e-9)
     # a stack goes through the solver, one layer at a time; a one-layer "stack" must agree with the sweep
     stack = cells.CellStack([cell])
