@@ -101,11 +101,11 @@ def truncation_explorer(hidden: int = 32, length: int = 60, seed: int = 0):
     W0 /= stability.spectral_norm(W0)
     x = torch.randn(1, length, 4, dtype=torch.double)
 
+    @torch.no_grad()
     def show(lam=0.8, k=5):
-        with torch.no_grad():
-            rnn.weight_hh_l0.copy_(lam * W0)
+        rnn.weight_hh_l0.copy_(lam * W0)
         res = stability.truncation_errors(rnn, x, ks=range(1, length + 1))
-        h = rnn(x)[0][0, :, 0].detach()
+        h = rnn(x)[0][0, :, 0]
         hk = cells.truncated(cells.from_torch(rnn), x, k)[0, :, 0]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
         plot_truncation({f"tanh RNN, ||W||={lam:.2f}": (res, lam)}, a1)
