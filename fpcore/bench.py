@@ -15,6 +15,7 @@ memory-bound operation over the same bytes measured in the same run):
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import statistics
@@ -23,7 +24,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUITES", "register", "time_side_by_side", "gbps", "format_table", "device_tag", "save", "synchronize"]
+__all__ = ["SUITES", "register", "positive", "comma_list", "time_side_by_side", "gbps", "format_table", "device_tag", "save", "synchronize"]
+
+def positive(kind: Callable = int) -> Callable[[str], Any]:
+    """An argparse ``type`` for a number > 0 of ``kind`` (int accepts 1_000), with a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text.replace("_", "") if kind is int else text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def comma_list(allowed: Sequence | None = None, cast: Callable = str) -> Callable[[str], list]:
+    """An argparse ``type`` for a comma list (``a,b,c``) of ``cast`` values, each in ``allowed`` if given."""
+    def parse(text: str) -> list:
+        try:
+            items = [cast(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError:
+            items = []
+        if not items or (allowed is not None and any(t not in allowed for t in items)):
+            what = f"choose from {', '.join(map(str, allowed))}" if allowed is not None else "expected a comma list"
+            raise argparse.ArgumentTypeError(f"{what}; got {text!r}")
+        return items
+    return parse
+
 
 # suite name -> module exposing add_arguments(parser) and run(args) -> int
 SUITES: dict[str, str] = {

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fpcore.bench import positive
 from fpcore.tasks import MAX_T, P, SignedOneHot, sign_batch
 
 __all__ = ["MODELS", "LongDepConfig", "LongDepNet", "LongDepResult", "train_longdep", "paper_configs",
@@ -376,14 +377,8 @@ def records_table(records: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_positive_int = positive(int)
+_positive_float = positive(float)
 
 
 def _seq_len(text: str) -> int:
@@ -393,14 +388,6 @@ def _seq_len(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def register(subparsers) -> None:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fpcore import cells, config
+from fpcore.bench import positive
 from fpcore.fixed_point import solve
 
 HELP = "fixed-point solvers vs the step loop and torch.nn: GRU/LSTM, time to tol, iterations, error, memory"
@@ -44,11 +45,12 @@ QUICK_LENGTHS = (2**10, 2**14)
 FULL_LENGTHS = tuple(2**p for p in range(10, 21, 2))
 
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", type=_choices_type(("gru", "lstm"), "cells"), default=["gru", "lstm"],
                         help="comma-separated: gru, lstm (default: both)")
     parser.add_argument("--hidden", type=_ints_type("hidden"), default=[64, 256], help="hidden sizes H (default: 64,256)")
-    parser.add_argument("--batch", type=_positive(int), default=16, help="batch size B (default: 16)")
+    parser.add_argument("--batch", type=positive(int), default=16, help="batch size B (default: 16)")
     parser.add_argument("--lengths", type=_ints_type("lengths"), default=None,
                         help=f"sequence lengths T, comma-separated (default: {QUICK_LENGTHS}; --full: 2^10..2^20)")
     parser.add_argument("--full", action="store_true", help="the full sweep: T = 2^10, 2^12, ..., 2^20")
@@ -56,14 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=["stable", "unstable"], help="stable, unstable or both (default)")
     parser.add_argument("--methods", type=_choices_type(METHODS, "methods"), default=list(METHODS),
                         help=f"subset of {','.join(METHODS)} (default: all)")
-    parser.add_argument("--tol", type=_positive(float), default=1e-5, help="stopping tolerance (default: 1e-5)")
-    parser.add_argument("--time-limit", type=_positive(float), default=None,
+    parser.add_argument("--tol", type=positive(float), default=1e-5, help="stopping tolerance (default: 1e-5)")
+    parser.add_argument("--time-limit", type=positive(float), default=None,
                         help="seconds per solve before it is stopped (default: 8 on CPU, 60 on GPU)")
-    parser.add_argument("--newton-max-gb", type=_positive(float), default=None,
+    parser.add_argument("--newton-max-gb", type=positive(float), default=None,
                         help="skip newton/damped where 3 x the Jacobians' bytes exceed this (default: 1.5 CPU, "
                              "half the GPU's memory)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: fpcore.config.device())")
-    parser.add_argument("--threads", type=_positive(int), default=None,
+    parser.add_argument("--threads", type=positive(int), default=None,
                         help="torch CPU threads (default: torch's choice). On a shared CPU use 1: oversubscribed "
                              "OpenMP threads spin and can slow small ops down a hundredfold")
     parser.add_argument("--seed", type=int, default=0)
@@ -88,16 +90,6 @@ def _choices_type(allowed, what):
     return parse
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return v
-    return parse
 
 
 def _ints(text: str, what: str) -> list[int]:

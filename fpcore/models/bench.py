@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from fpcore.bench import comma_list
+
 HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
 
 MODELS = {"sru": ("sru", {}), "qrnn2": ("qrnn", {"window": 2}), "qrnn10": ("qrnn", {"window": 10}),
@@ -32,29 +34,17 @@ FULL = {"hidden": 256, "layers": 2, "tokens": 65536, "seq_lens": [16, 256, 4096,
 _BACKEND = {"loop": "ref", "numba": "numba", "torch": "torch", "cupy": "cupy"}
 
 
-def _list(allowed, cast=str):
-    def parse(text: str):
-        try:
-            items = [cast(t.strip()) for t in text.split(",") if t.strip()]
-        except ValueError:
-            items = []
-        if not items or (allowed is not None and any(t not in allowed for t in items)):
-            choices = f"choose from {', '.join(allowed)}" if allowed else "a comma list of integers"
-            raise argparse.ArgumentTypeError(f"{choices}; got {text!r}")
-        return items
-    return parse
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--full", action="store_true", help="paper scale: H = 256, B*T = 65536, T up to 65536")
-    p.add_argument("--models", type=_list(tuple(MODELS)), default=list(MODELS),
+    p.add_argument("--models", type=comma_list(tuple(MODELS)), default=list(MODELS),
                    help=f"comma list from {', '.join(MODELS)} (default all)")
-    p.add_argument("--providers", type=_list(PROVIDERS), default=list(PROVIDERS),
+    p.add_argument("--providers", type=comma_list(PROVIDERS), default=list(PROVIDERS),
                    help=f"comma list from {', '.join(PROVIDERS)} (default: all that run here)")
     p.add_argument("--hidden", type=int, help="width H of both layers (default: by profile)")
     p.add_argument("--tokens", type=int, help="B * T, fixed (default: by profile)")
-    p.add_argument("--seq-lens", type=_list(None, int), help="T values, each dividing --tokens (default: by profile)")
+    p.add_argument("--seq-lens", type=comma_list(None, int), help="T values, each dividing --tokens (default: by profile)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from fpcore.bench import comma_list
+
 HELP = "linear scan: providers x T x (B, D), fwd/bwd, GB/s, ratio to a memory-bound op, error vs float64"
 
 PROVIDERS = ("loop", "torch", "numba", "numba_out", "cupy", "accelerated_scan_warp", "accelerated_scan_scalar",
@@ -46,15 +48,6 @@ def _log2_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _choices(allowed):
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in allowed]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
-        return items
-    return parse
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
@@ -63,9 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log2-t", type=_log2_range, help="T range as log2 exponents, e.g. 10:20")
     p.add_argument("--max-elements", type=int, help="skip points with B*T*D above this (default: by profile)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
-    p.add_argument("--providers", type=_choices(PROVIDERS), default=list(PROVIDERS),
+    p.add_argument("--providers", type=comma_list(PROVIDERS), default=list(PROVIDERS),
                    help=f"comma list from {', '.join(PROVIDERS)} (default: all that run)")
-    p.add_argument("--modes", type=_choices(MODES), default=list(MODES), help="comma list of fwd,bwd,fwdbwd")
+    p.add_argument("--modes", type=comma_list(MODES), default=list(MODES), help="comma list of fwd,bwd,fwdbwd")
     p.add_argument("--loop-max-t", type=int, help="run the Python loop only up to this T (default: by profile)")
     p.add_argument("--max-seconds", type=float,
                    help="drop a provider for larger T of a shape once one call takes longer (default: by profile)")
