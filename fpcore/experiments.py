@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fpcore import results as _results
-from fpcore.train import TrainConfig, build_model, fit
+import torch
 
-__all__ = ["KS", "lm_grid", "run_grid", "lm_table", "format_table", "plot_ppl_vs_k"]
+from fpcore import results as _results
+from fpcore.models.lm import RNNLM
+from fpcore.train import TrainConfig, build_model, evaluate, fit
+
+__all__ = ["KS", "lm_grid", "stability_grid", "run_grid", "lm_table", "format_table", "plot_ppl_vs_k", "with_method",
+           "smallest_truncation", "lm_contraction"]
 
 KS = (1, 2, 4, 8, 16)
 
@@ -31,6 +35,18 @@ def lm_grid(dataset: str, preset: str, *, ks=KS, cell: str = "lstm", **overrides
                                       "stable" if run.get("stable") else ""]))
         grid.append(TrainConfig.preset(preset, dataset=dataset, cell=cell, record_name=name,
                                        checkpoint=str(Path("checkpoints") / f"{name}.pt"), **run, **overrides))
+    return grid
+
+
+def stability_grid(dataset: str, preset: str = "small", **overrides) -> list[TrainConfig]:
+    """Paper B's setting: stable (projected) vs unstable LSTM and tanh RNN, trained by BPTT."""
+    grid = []
+    for cell in ("lstm", "rnn"):
+        for stable in (False, True):
+            name = "_".join(filter(None, ["lm", dataset.replace("-", ""), preset, cell, "bptt",
+                                          "stable" if stable else ""]))
+            grid.append(TrainConfig.preset(preset, dataset=dataset, cell=cell, stable=stable, record_name=name,
+                                           checkpoint=str(Path("checkpoints") / f"{name}.pt"), **overrides))
     return grid
 
 
@@ -83,3 +99,51 @@ def plot_ppl_vs_k(rows: list[dict], ax=None):
     ax.set_xticks(KS, [str(k) for k in KS])
     ax.legend()
     return ax
+
+
+def with_method(model: RNNLM, method: str, iters: int | None = None) -> RNNLM:
+    """A copy of ``model`` (same weights) whose recurrent layers are evaluated by another method."""
+    twin = RNNLM(model.vocab, model.hidden, model.layers, cell=model.cell_kind, dropout=model.drop.p,
+                 tie=model.decoder.weight is model.embed.weight, method=method, iters=iters, tol=model.tol)
+    twin.load_state_dict(model.state_dict())
+    return twin.to(next(model.parameters()).device)
+
+
+def smallest_truncation(model: RNNLM, tokens: torch.Tensor, *, rel: float = 0.01, ks=(1, 2, 4, 8, 16, 32, 64),
+                        batch_size: int = 10, bptt: int = 35) -> dict:
+    """Paper B's question for a trained model: the smallest window k whose truncated model is within ``rel``.
+
+    Evaluates the same weights recurrently and as the k-truncated feed-forward model for each k in
+    ``ks`` (in order, stopping at the first within ``rel`` of the recurrent perplexity). Returns
+    ``{"recurrent": ppl, "ppl": {k: ppl}, "k": smallest k or None}``.
+    """
+    recurrent = evaluate(with_method(model, "bptt"), tokens, batch_size=batch_size, bptt=bptt)
+    out = {"recurrent": recurrent, "ppl": {}, "k": None}
+    for k in ks:
+        out["ppl"][k] = evaluate(with_method(model, "truncated", k), tokens, batch_size=batch_size, bptt=bptt)
+        if out["ppl"][k] <= recurrent * (1 + rel):
+            out["k"] = k
+            break
+    return out
+
+
+@torch.no_grad()
+def lm_contraction(model: RNNLM, tokens: torch.Tensor, *, k: int = 1, windows: int = 8, length: int = 64) -> list:
+    """Data-dependent stability of each recurrent layer of a trained LM on real text (paper B).
+
+    Runs the model recurrently over ``windows`` windows of ``length`` tokens and returns, per layer,
+    :func:`fpcore.stability.local_contraction` (the norms of ds_t/ds_{t-k} along the trajectory, [B, T-k+1]).
+    """
+    from fpcore import cells, stability
+
+    was_training = model.training
+    model.eval()
+    x = tokens[: windows * length].view(windows, length).to(next(model.parameters()).device)
+    h = model.embed(x)  # (B, T, H)
+    norms = []
+    for rnn in model.rnns:
+        cell = cells.from_torch(rnn)
+        norms.append(stability.local_contraction(cell, h, k=k))
+        h = rnn(h)[0]  # the next layer's input, eval mode: no dropout
+    model.train(was_training)
+    return norms

@@ -273,6 +273,8 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
             "world_size": world, "torch_version": torch.__version__, "history": history,
             "train_config": dataclasses.asdict(cfg),
         }
+        if cfg.dataset == "ptb-char":  # character level: bits per character, log2 of the perplexity
+            record["valid_bpc"], record["test_bpc"] = math.log2(record["valid_ppl"]), math.log2(record["test_ppl"])
         if cfg.record_name:
             record["path"] = str(save_json(cfg.record_name, record, device=device))
     if world > 1:

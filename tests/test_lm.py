@@ -208,3 +208,23 @@ def test_torchrun_data_parallel_on_two_cpu_processes_matches_one(tmp_path):
     assert (one["world"], two["world"]) == (1, 2)
     # the same global batch, split over two processes with averaged gradients: the same model
     assert two["valid"] == pytest.approx(one["valid"], rel=1e-4)
+
+
+def test_smallest_truncation_and_contraction_of_a_trained_model():
+    from fpcore import experiments
+
+    corpus = markov_corpus()
+    cfg = _tiny_cfg(cell="rnn", epochs=2)
+    model = build_model(cfg, corpus.vocab_size)
+    fit(model, corpus, cfg)
+    found = experiments.smallest_truncation(model, corpus.valid, rel=0.01, ks=(1, 2, 4, 8, 16, 32, 64), bptt=10)
+    assert found["k"] is not None and found["k"] in found["ppl"]
+    assert found["ppl"][found["k"]] <= found["recurrent"] * 1.01
+    smaller = [k for k in found["ppl"] if k < found["k"]]
+    assert all(found["ppl"][k] > found["recurrent"] * 1.01 for k in smaller)
+    # a long enough window is the recurrent model itself
+    long = experiments.with_method(model, "truncated", 400)
+    assert evaluate(long, corpus.valid[:400], batch_size=1, bptt=400) == pytest.approx(
+        evaluate(model, corpus.valid[:400], batch_size=1, bptt=400), rel=1e-5)
+    norms = experiments.lm_contraction(model, corpus.valid, k=2, windows=4, length=20)
+    assert len(norms) == 1 and norms[0].shape == (4, 19) and bool((norms[0] >= 0).all())
