@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "fpcore.train",
     "fpcore.longdep",
     "fpcore.bench",
+    "fpcore.report",
 )
 
 
