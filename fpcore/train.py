@@ -170,13 +170,20 @@ def _dist_info() -> tuple[int, int, bool]:
     return rank, world, started
 
 
-def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
+def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = None) -> dict[str, Any]:
     """Train ``model`` on ``corpus`` (a :class:`fpcore.data.Corpus`) as ``cfg`` says; return the run's record.
 
     The record has ``valid_ppl``/``test_ppl`` (final), ``history`` (per-epoch train/valid perplexity and
     lr), ``tokens_per_s`` (training throughput), ``wall_time_s`` and the config; with
     ``cfg.record_name`` it is also written to results/ (with hardware, versions, commit).
+
+    ``max_seconds``: a budget for this call (needs ``cfg.checkpoint``). When it runs out, fit writes a
+    checkpoint at the next window and returns ``{"finished": False, "epoch": e, "window": w}``; calling
+    it again (with a fresh model) resumes there. Runs longer than one sitting (a GPU lease of 10-minute
+    commands, say) are driven this way, and end exactly as an uninterrupted run would.
     """
+    if max_seconds is not None and not cfg.checkpoint:
+        raise ValueError("max_seconds needs cfg.checkpoint: the run must be resumable")
     from tqdm.auto import tqdm
 
     from fpcore import stability
@@ -226,6 +233,19 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
                                     nll_sum=nll_sum, nll_count=nll_count, rng=_rng_state()))
 
     started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        if max_seconds is None:
+            return False
+        flag = torch.tensor([float(time.perf_counter() - started > max_seconds)])
+        if world > 1:  # every process stops at the same window
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def pause(window: int) -> dict[str, Any]:
+        _end_distributed(world, own_group)
+        return {"finished": False, "epoch": epoch, "window": window, "checkpoint": str(ckpt)}
+
     while epoch <= cfg.epochs:
         for group in opt.param_groups:
             if cfg.optimizer == "sgd":
@@ -252,6 +272,11 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
                 checkpoint(i + 1)
             if rank == 0 and cfg.progress and i % 20 == 0:
                 bar.set_postfix(ppl=f"{math.exp(nll_sum / max(nll_count, 1)):.1f}")
+            if i + 1 < len(batches) and out_of_time():
+                train_seconds += time.perf_counter() - tick
+                checkpoint(i + 1)
+                bar.close()
+                return pause(i + 1)
         train_seconds += time.perf_counter() - tick
         entry = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_ppl": math.exp(nll_sum / max(nll_count, 1))}
         if rank == 0:
@@ -259,11 +284,13 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
         history.append(entry)
         epoch, start_window, state, nll_sum, nll_count = epoch + 1, 0, None, 0.0, 0
         checkpoint(0)
+        if epoch <= cfg.epochs and out_of_time():
+            return pause(0)
 
     record: dict[str, Any] = {}
     if rank == 0:
         record = {
-            "dataset": cfg.dataset, "config": cfg.config, "method": cfg.method,
+            "finished": True, "dataset": cfg.dataset, "config": cfg.config, "method": cfg.method,
             "iters": cfg.iters if cfg.method in ("jacobi", "truncated") else None,
             "cell": cfg.cell, "hidden": cfg.hidden, "layers": cfg.layers, "epochs": cfg.epochs,
             "stable": cfg.stable, "valid_ppl": history[-1]["valid_ppl"],
@@ -277,11 +304,15 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig) -> dict[str, Any]:
             record["valid_bpc"], record["test_bpc"] = math.log2(record["valid_ppl"]), math.log2(record["test_ppl"])
         if cfg.record_name:
             record["path"] = str(save_json(cfg.record_name, record, device=device))
+    _end_distributed(world, own_group)
+    return record
+
+
+def _end_distributed(world: int, own_group: bool) -> None:
     if world > 1:
         torch.distributed.barrier()  # no process exits while another still talks to it
         if own_group:
             torch.distributed.destroy_process_group()
-    return record
 
 
 # -- CLI: python -m fpcore train ----------------------------------------------------------------------------
@@ -301,6 +332,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file: resumed from if it exists")
     p.add_argument("--max-train-tokens", type=int, default=None)
     p.add_argument("--name", default=None, help="results/<name>.json (default: from the settings)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this long with a checkpoint (exit 3); run the same command again to resume")
     p.set_defaults(func=_cli_train)
 
 
@@ -316,7 +349,14 @@ def _cli_train(args) -> int:
                              stable=args.stable, optimizer=args.optimizer, seed=args.seed, checkpoint=args.checkpoint,
                              record_name=name, **overrides)
     corpus = load_corpus(args.dataset)
-    record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg)
+    if args.max_minutes is not None and cfg.checkpoint is None:
+        cfg.checkpoint = str(Path("checkpoints") / f"{name}.pt")
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg, max_seconds=max_seconds)
+    if record and not record.get("finished", True):
+        print(f"paused at epoch {record['epoch']}, window {record['window']}; checkpoint {record['checkpoint']}: "
+              "run the same command again to resume")
+        return 3
     if record:
         print(json.dumps({k: record[k] for k in ("valid_ppl", "test_ppl", "tokens_per_s", "wall_time_s", "path")
                           if k in record}, indent=2))

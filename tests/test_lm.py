@@ -228,3 +228,24 @@ def test_smallest_truncation_and_contraction_of_a_trained_model():
         evaluate(model, corpus.valid[:400], batch_size=1, bptt=400), rel=1e-5)
     norms = experiments.lm_contraction(model, corpus.valid, k=2, windows=4, length=20)
     assert len(norms) == 1 and norms[0].shape == (4, 19) and bool((norms[0] >= 0).all())
+
+
+def test_a_time_budget_pauses_and_resumes_to_the_same_result(tmp_path):
+    corpus = markov_corpus()
+    whole_cfg = _tiny_cfg(epochs=2, dropout=0.2)
+    whole = fit(build_model(whole_cfg, corpus.vocab_size), corpus, whole_cfg)
+    assert whole["finished"] is True
+
+    cfg = _tiny_cfg(epochs=2, dropout=0.2, checkpoint=str(tmp_path / "budget.pt"))
+    calls, record = 0, {"finished": False}
+    while not record.get("finished"):
+        calls += 1
+        record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg, max_seconds=0.02)
+        assert calls < 2000
+        if not record["finished"]:
+            assert (tmp_path / "budget.pt").exists() and record["window"] >= 0
+    assert calls > 1, "the budget paused the run at least once"
+    assert record["valid_ppl"] == pytest.approx(whole["valid_ppl"], rel=1e-9)
+    assert record["test_ppl"] == pytest.approx(whole["test_ppl"], rel=1e-9)
+    with pytest.raises(ValueError, match="needs cfg.checkpoint"):
+        fit(build_model(whole_cfg, corpus.vocab_size), corpus, whole_cfg, max_seconds=1.0)
