@@ -10,20 +10,13 @@ import pytest
 import torch
 
 from fpcore.models import GILR, GILRLSTM, QRNN, SRU, SurrogateStack, make_layer
+from fpcore.models.surrogates import state_tensors
 from fpcore.scan import available_backends
 
 KINDS = [("gilr", {}), ("gilr-lstm", {}), ("sru", {}), ("qrnn", {"window": 1}), ("qrnn", {"window": 2}),
          ("qrnn", {"window": 10})]
 IDS = ["gilr", "gilr-lstm", "sru", "qrnn1", "qrnn2", "qrnn10"]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
-
-
-def _flat(obj):
-    if obj is None:
-        return []
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    return [t for item in obj for t in _flat(item)]
 
 
 def _random_state(model, B, D, dtype, gen):
@@ -43,9 +36,9 @@ def _random_state(model, B, D, dtype, gen):
 
 def _grads(model, x, state, run, weight):
     y, final = run(x, state)
-    loss = (y * weight).sum() + sum((s * (k + 1)).sum() for k, s in enumerate(_flat(final)))
-    leaves = [x, *_flat(state), *model.parameters()]
-    return y.detach(), [s.detach() for s in _flat(final)], torch.autograd.grad(loss, leaves, allow_unused=True)
+    loss = (y * weight).sum() + sum((s * (k + 1)).sum() for k, s in enumerate(state_tensors(final)))
+    leaves = [x, *state_tensors(state), *model.parameters()]
+    return y.detach(), [s.detach() for s in state_tensors(final)], torch.autograd.grad(loss, leaves, allow_unused=True)
 
 
 @pytest.mark.parametrize("kind,kw", KINDS, ids=IDS)
@@ -93,7 +86,7 @@ def test_streaming_in_chunks_equals_one_call(kind, kw):
     y1, s1 = model(x[:, :9])
     y2, s2 = model(x[:, 9:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], dim=1), y_all)
-    for a, b in zip(_flat(s2), _flat(s_all), strict=True):
+    for a, b in zip(state_tensors(s2), state_tensors(s_all), strict=True):
         torch.testing.assert_close(a, b)
 
 

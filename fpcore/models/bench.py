@@ -23,6 +23,7 @@ import argparse
 import os
 
 from fpcore.bench import comma_list
+from fpcore.models.surrogates import state_tensors
 
 HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
 
@@ -53,16 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="result file stem (default surrogate_speed_<device>)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _flat(obj):
-    import torch
-
-    if obj is None:
-        return []
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    return [t for item in obj for t in _flat(item)]
 
 
 def run_table(args) -> dict:

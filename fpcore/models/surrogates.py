@@ -32,7 +32,7 @@ from torch import nn
 
 from fpcore.scan import linear_scan
 
-__all__ = ["GILR", "GILRLSTM", "SRU", "QRNN", "SurrogateStack", "LAYERS", "make_layer"]
+__all__ = ["GILR", "GILRLSTM", "SRU", "QRNN", "SurrogateStack", "LAYERS", "make_layer", "state_tensors"]
 
 
 def _check_input(layer: nn.Module, x, what: str = "x") -> None:
@@ -49,6 +49,15 @@ def _check_input(layer: nn.Module, x, what: str = "x") -> None:
         raise ValueError(f"{name}: {what} is an empty sequence (T = 0); need T >= 1")
     if not x.is_floating_point():
         raise ValueError(f"{name}: {what} must be floating point, got {x.dtype}")
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    """Every tensor in a (nested tuple/list) layer or stack state, in order; None holds none."""
+    if state is None:
+        return []
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for item in state for t in state_tensors(item)]
 
 
 def _check_state(layer: nn.Module, s, B: int, width: int, ref: torch.Tensor, what: str) -> torch.Tensor | None:

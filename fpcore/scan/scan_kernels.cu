@@ -116,21 +116,39 @@ __device__ __forceinline__ void load_steps(const typename P::E* a, const typenam
 }
 
 // Phase 1 (only when T is split into G > 1 groups): the (A, H) aggregate of each group.
+// Where a thread works: lane (feature within a 32-wide block) and warp (time slice within a tile);
+// blockIdx.x walks (batch row bi, feature block), blockIdx.y the time group g = [i_begin, i_end).
+struct Place {
+    int lane, warp;
+    long long bi, d, g, i_begin, i_end, row;
+    bool active;
+};
+
+__device__ __forceinline__ Place place_of(long long T, long long D, long long span) {
+    Place p;
+    p.lane = threadIdx.x;
+    p.warp = threadIdx.y;
+    const long long ndblk = (D + 31) / 32;
+    p.bi = blockIdx.x / ndblk;
+    p.d = (blockIdx.x % ndblk) * 32 + p.lane;
+    p.active = p.d < D;
+    p.g = blockIdx.y;
+    p.i_begin = p.g * span;
+    p.i_end = (p.i_begin + span < T) ? p.i_begin + span : T;
+    p.row = p.bi * T;
+    return p;
+}
+
 template <typename P>
 __device__ void scan_reduce_impl(const typename P::E* a, const typename P::E* b, long long Bn, long long T,
                                  long long D, long long span, int reverse, int shifted,
                                  typename P::Acc* aggA, typename P::Acc* aggH) {
     typedef typename P::Acc Acc;
     __shared__ Tile<Acc> tile;
-    const int lane = threadIdx.x, warp = threadIdx.y;
-    const long long ndblk = (D + 31) / 32;
-    const long long bi = blockIdx.x / ndblk;
-    const long long d = (blockIdx.x % ndblk) * 32 + lane;
-    const bool active = d < D;
-    const long long g = blockIdx.y;
-    const long long i_begin = g * span;
-    const long long i_end = (i_begin + span < T) ? i_begin + span : T;
-    const long long row = bi * T;
+    const Place at = place_of(T, D, span);
+    const int lane = at.lane, warp = at.warp;
+    const long long bi = at.bi, d = at.d, g = at.g, i_begin = at.i_begin, i_end = at.i_end, row = at.row;
+    const bool active = at.active;
     Acc CA = Acc(1), CH = Acc(0);  // the group's running aggregate (identity to start)
     for (long long start = i_begin; start < i_end; start += FPCORE_W * FPCORE_L) {
         Acc av[FPCORE_L], bv[FPCORE_L];
@@ -158,15 +176,10 @@ __device__ void scan_main_impl(const typename P::E* a, const typename P::E* b, c
                                int shifted, int has_h0, int has_da, int has_hb) {
     typedef typename P::Acc Acc;
     __shared__ Tile<Acc> tile;
-    const int lane = threadIdx.x, warp = threadIdx.y;
-    const long long ndblk = (D + 31) / 32;
-    const long long bi = blockIdx.x / ndblk;
-    const long long d = (blockIdx.x % ndblk) * 32 + lane;
-    const bool active = d < D;
-    const long long g = blockIdx.y;
-    const long long i_begin = g * span;
-    const long long i_end = (i_begin + span < T) ? i_begin + span : T;
-    const long long row = bi * T;
+    const Place at = place_of(T, D, span);
+    const int lane = at.lane, warp = at.warp;
+    const long long bi = at.bi, d = at.d, g = at.g, i_begin = at.i_begin, i_end = at.i_end, row = at.row;
+    const bool active = at.active;
     Acc carry = (active && has_h0 && !shifted) ? P::load(h0, bi * D + d) : Acc(0);
     for (long long gg = 0; gg < g; ++gg) {  // fold the aggregates of the groups before this one
         long long o = (gg * Bn + bi) * D + d;
