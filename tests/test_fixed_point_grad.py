@@ -103,7 +103,7 @@ def test_unrolled_jacobi_gradients_equal_autograd_through_the_written_out_loop()
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("method", ["quasi_newton", "newton", "damped"])
+@pytest.mark.parametrize("method", ["quasi_newton", "newton", "damped", "block_jacobi"])
 def test_unrolled_gradients_of_a_converged_solve_equal_bptt(method):
     m = make("gru", layers=2)
     x = torch.randn(2, 15, 3, dtype=F64, requires_grad=True)

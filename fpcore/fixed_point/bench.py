@@ -5,7 +5,7 @@ stable and unstable recurrent weights, it times:
 
     loop          the step-by-step loop over our cell (fpcore.cells.sequential): the reference result
     torch.nn      the torch layer itself (cuDNN on a GPU)
-    jacobi, quasi_newton, newton, damped     fpcore.fixed_point.solve(..., tol=--tol)
+    jacobi, quasi_newton, newton, damped, block_jacobi     fpcore.fixed_point.solve(..., tol=--tol)
 
 and reports for each: wall time to ``tol`` (the faster of two runs when one takes under 2 s) (max-abs change between iterates), iterations, whether it
 converged, max-abs error of the outputs against the loop, and peak memory, measured in a separate untimed
@@ -40,7 +40,7 @@ from fpcore.bench import positive
 from fpcore.fixed_point import solve
 
 HELP = "fixed-point solvers vs the step loop and torch.nn: GRU/LSTM, time to tol, iterations, error, memory"
-METHODS = ("loop", "torch.nn", "jacobi", "quasi_newton", "newton", "damped")
+METHODS = ("loop", "torch.nn", "jacobi", "quasi_newton", "newton", "damped", "block_jacobi")
 QUICK_LENGTHS = (2**10, 2**14)
 FULL_LENGTHS = tuple(2**p for p in range(10, 21, 2))
 
@@ -283,7 +283,7 @@ def _warm_up(device):
         x = torch.randn(2, 64, 4, device=device)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            for method in ("jacobi", "quasi_newton", "newton", "damped"):
+            for method in METHODS[2:]:
                 solve(cells.from_torch(m), x, method=method, grad="none")
 
 

@@ -8,9 +8,10 @@ F(S^(k)) for all t at once; they differ only in the step:
     "quasi_newton"  S <- S + d, d_t = diag(J_t) d_{t-1} + r_t     (quasi-DEER)  ... .quasi_newton
     "newton"        S <- S + d, d_t = J_t d_{t-1} + r_t           (DEER)        ... .newton
     "damped"        Newton with J shrunk by a trust region alpha  (ELK-style)   ... .damped
+    "block_jacobi"  the loop inside blocks of L steps, Jacobi across them       ... .block_jacobi
 
-(r = F(S) - S.) All four are causal: an iteration makes at least one more position exact, so each is
-exact after T iterations, and none ever runs more than T.
+(r = F(S) - S.) All are causal: an iteration makes at least one more position exact (block Jacobi: one
+more block), so each is exact after T iterations (block Jacobi: ceil(T / L)), and none ever runs more.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from fpcore.cells import Cell, CellStack
 
-from . import damped, jacobi, newton, quasi_newton
+from . import block_jacobi, damped, jacobi, newton, quasi_newton
 from .implicit import ImplicitAdjoint, adjoint_jacobi, adjoint_scan
 from .result import DivergenceWarning, FixedPointResult
 
@@ -36,14 +37,18 @@ METHODS: dict[str, Callable] = {
     "quasi_newton": quasi_newton.step,
     "newton": newton.step,
     "damped": damped.step,
+    "block_jacobi": block_jacobi.step,
 }
+# methods whose iterate is only wrong at a few positions: their residual is computed there, not by a full F(S)
+CHEAP_RESIDUAL = {"block_jacobi": block_jacobi.residual}
+JACOBI_LIKE = ("jacobi", "block_jacobi")  # cannot diverge on a bounded cell: only non-finite values count
 GRADS = ("unrolled", "implicit", "none")
 ADJOINTS = ("scan", "jacobi")
 GROWTH = 1e3  # residual growth (vs the smallest seen) that counts as divergence, for the Newton family
 
 
 def _maxabs(t: Tensor) -> float:
-    return float(t.detach().abs().max())
+    return float(torch.linalg.vector_norm(t.detach(), math.inf))  # one pass, no |t| temporary
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -59,7 +64,8 @@ class _Context:
     u: Tensor  # (B, T, G)
     s0: Tensor  # (B, S)
     backend: str
-    state: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # what a method keeps between iterations (returned as .info)
+    scratch: dict = field(default_factory=dict)  # per-solve caches (not returned)
 
     def prev(self, S: Tensor) -> Tensor:
         """(s_0, s_1, ..., s_{T-1}): the states each position's step reads, [B, T, S]."""
@@ -70,7 +76,7 @@ class _Context:
         return self.cell.step(self.prev(S), self.u)
 
 
-def _check(cell, x, method, iters, tol, grad, adjoint, time_limit):
+def _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block=None, overlap=None):
     if not isinstance(cell, (Cell, CellStack)):
         raise ValueError(f"cell must be an fpcore.cells.Cell or CellStack (see cells.from_torch), "
                          f"got {type(cell).__name__}")
@@ -99,18 +105,27 @@ def _check(cell, x, method, iters, tol, grad, adjoint, time_limit):
         raise ValueError(f"time_limit must be a positive number of seconds (or None), got {time_limit!r}")
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint must be one of {', '.join(ADJOINTS)}, got {adjoint!r}")
+    for name, value, least in (("block", block, 1), ("overlap", overlap, 0)):
+        if value is None:
+            continue
+        if method != "block_jacobi":
+            raise ValueError(f"{name}= is a setting of method='block_jacobi'; {method!r} takes none")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least} (or None for the default), got {value!r}")
 
 
 def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None = None,
           tol: float | None = None, init=None, grad: str = "unrolled", adjoint: str = "scan",
-          backend: str = "auto", time_limit: float | None = None, callback=None) -> FixedPointResult:
+          backend: str = "auto", time_limit: float | None = None, callback=None,
+          block: int | None = None, overlap: int | None = None) -> FixedPointResult:
     """Solve a recurrent layer for all t at once as the fixed point S = F(S), F(S)_t = f(s_{t-1}, x_t).
 
     cell    an :class:`fpcore.cells.Cell` or :class:`~fpcore.cells.CellStack` (``cells.from_torch(module)``)
     x       [B, T, D] batch-first inputs (any float dtype; the cell's parameters must match it)
     h0      initial state: [B, H] (LSTM: (h0, c0) or packed [B, 2H]; a stack: torch's [L, B, H]); None = 0
-    method  "jacobi" | "quasi_newton" | "newton" | "damped" (see the module docstring)
-    iters   at most this many iterations (capped at T). ``iters=k`` with "jacobi" from the zero start is
+    method  "jacobi" | "quasi_newton" | "newton" | "damped" | "block_jacobi" (see the module docstring)
+    iters   at most this many iterations (capped at T; block Jacobi: at ceil(T / block)). ``iters=k``
+            with "jacobi" from the zero start is
             paper A's k-th order approximation = paper B's k-window truncated model.
     tol     stop when max |S^(k+1) - S^(k)| <= tol. With neither ``iters`` nor ``tol``: tol =
             :func:`default_tol` of the dtype. With only ``iters``: run them all (stopping only at an exact
@@ -125,24 +140,28 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             budget for methods that need many iterations. Judged like an early ``iters`` stop.
     callback    called as ``callback(k, S)`` after iteration k with the new iterate (e.g. to record the
             error of every iterate against a reference, as notebook 05 does); its result is ignored.
+    block, overlap   block Jacobi's block length L (None: ceil(sqrt(T))) and warm-up w (None: min(L // 4,
+            64); capped at L), recorded in ``.info``. L = 1, w = 0 is Jacobi and L = T the step loop. Only
+            for ``method="block_jacobi"``, which also stops when max |F(S) - S| <= tol (see its module).
 
     Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that
     grows to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
     residual max |F(S) - S| is returned with ``converged=False, diverged=True``. Jacobi cannot diverge on
     a bounded cell (each iteration makes one more position exact whatever its residual does), so for it
-    only non-finite values count.
+    and block Jacobi only non-finite values count.
 
     Returns a :class:`FixedPointResult` (``.outputs`` [B, T, H], ``.states`` [B, T, S], ``.iterations``,
     ``.residuals``, ``.converged``). Raises ValueError on bad input.
     """
-    _check(cell, x, method, iters, tol, grad, adjoint, time_limit)
+    _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block, overlap)
     if isinstance(cell, CellStack):
         if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(cell)):
             raise ValueError(f"init for a {len(cell)}-layer stack must be a list of {len(cell)} tensors or None")
         layers, inp = [], x
         for i, c in enumerate(cell):
             r = _solve_cell(c, inp, cell.layer_h0(h0, i), method, iters, tol,
-                            None if init is None else init[i], grad, adjoint, backend, time_limit)
+                            None if init is None else init[i], grad, adjoint, backend, time_limit,
+                            block=block, overlap=overlap)
             layers.append(r)
             inp = r.outputs
         last = layers[-1]
@@ -156,12 +175,12 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             residuals=[v for r in layers for v in r.residuals], converged=all(r.converged for r in layers),
             method=method, tol=last.tol, diverged=any(r.diverged for r in layers),
             fp_residual=max(r.fp_residual for r in layers), message="; ".join(r.message for r in layers if r.message),
-            final=final, layers=layers)
-    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback)
+            final=final, layers=layers, info=dict(last.info))
+    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback, block, overlap)
 
 
 def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit,
-                callback=None) -> FixedPointResult:
+                callback=None, block=None, overlap=None) -> FixedPointResult:
     B, T, _ = x.shape
     want_grad = torch.is_grad_enabled() and grad == "unrolled"
     with torch.set_grad_enabled(want_grad or (grad == "implicit" and torch.is_grad_enabled())):
@@ -174,12 +193,18 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, t
                              f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
     check_tol = tol if tol is not None else default_tol(u.dtype)
     stop_tol = tol if tol is not None else (0.0 if iters is not None else check_tol)
-    max_iters = T if iters is None else min(iters, T)
+    exact_after = T  # iterations after which the method is exact from any start
+    ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
+    if method == "block_jacobi":
+        ctx.state["block"] = L = min(block or block_jacobi.default_block(T), T)
+        ctx.state["overlap"] = min(L, block_jacobi.default_overlap(L) if overlap is None else overlap)
+        exact_after = block_jacobi.blocks(T, L)
+    max_iters = exact_after if iters is None else min(iters, exact_after)
 
     with torch.set_grad_enabled(want_grad):
-        ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
         S, residuals, converged, diverged, fp_res, message = _iterate(
-            ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit, callback)
+            ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit, callback)
+    ctx.scratch.clear()
 
     if grad == "implicit" and torch.is_grad_enabled():
         if not converged:
@@ -192,24 +217,33 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, t
                             info=dict(ctx.state))
 
 
-def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=None, callback=None):
+def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit=None, callback=None):
     step = METHODS[method]
+    cheap_residual = CHEAP_RESIDUAL.get(method)
     deadline = None if time_limit is None else time.perf_counter() + time_limit
     B, T_, _ = ctx.u.shape
     S = init.to(ctx.u.dtype) if init is not None else ctx.u.new_zeros(B, T_, ctx.cell.state_size)
-    FS = ctx.F(S)
-    fp = _maxabs(FS - S)
+    if cheap_residual is None:
+        FS = ctx.F(S)
+        fp = _maxabs(FS - S)
+    else:  # the start's residual only matters for divergence, which these methods do not need to track
+        FS, fp = None, math.inf
     best = (fp if math.isfinite(fp) else math.inf, S, 0)  # (fixed-point residual, iterate, iteration)
     residuals: list[float] = []
     converged = diverged = False
     message = ""
     for k in range(1, max_iters + 1):
         S_new, FS_new = step(ctx, S, FS)
-        change = _maxabs(S_new - S)
+        change = ctx.scratch.pop("change", None)  # a method may measure it more cheaply as it goes
+        if change is None:
+            change = _maxabs(S_new - S)
         residuals.append(change)
         S = S_new
-        FS = ctx.F(S) if FS_new is None else FS_new
-        fp = _maxabs(FS - S)
+        if cheap_residual is None:
+            FS = ctx.F(S) if FS_new is None else FS_new
+            fp = _maxabs(FS - S)
+        else:
+            fp = cheap_residual(ctx, S)
         if callback is not None:
             callback(k, S)
         if not (math.isfinite(change) and math.isfinite(fp)):
@@ -220,7 +254,10 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=No
         if change <= stop_tol:
             converged = change <= check_tol
             break
-        if method != "jacobi" and fp > GROWTH * max(best[0], check_tol):
+        if cheap_residual is not None and fp <= stop_tol:  # exact residual, measured where it can be non-zero
+            converged = fp <= check_tol
+            break
+        if method not in JACOBI_LIKE and fp > GROWTH * max(best[0], check_tol):
             diverged = True
             message = (f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen "
                        f"({best[0]:.2e}) at iteration {k}")
@@ -230,8 +267,8 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, T, time_limit=No
             message = f"{method}: time limit of {time_limit:g} s reached after {k} iterations"
             break
     else:
-        # max_iters ran out: exact after T iterations by causality; otherwise judge the last change
-        converged = max_iters >= T or (bool(residuals) and residuals[-1] <= check_tol)
+        # max_iters ran out: exact by causality after exact_after iterations; otherwise judge the last change
+        converged = max_iters >= exact_after or (bool(residuals) and residuals[-1] <= check_tol)
     if diverged:
         fp, S, k_best = best
         message += f"; returning the best iterate (iteration {k_best}, max |F(S) - S| = {fp:.2e})"
