@@ -31,7 +31,7 @@ def full_residual(cell, x, S):
     """max |F(S) - S| evaluated at every position (what block Jacobi measures at block starts only)."""
     u = cell.prepare(x)
     prev = torch.cat([cell.initial_state(None, x.shape[0], dtype=S.dtype)[:, None], S[:, :-1]], dim=1)
-    return float((cell.step(prev, u) - S).abs().max())
+    return float((cell.step(prev, u) - S).detach().abs().max())
 
 
 @pytest.mark.parametrize("kind", ["tanh", "gru", "lstm"])

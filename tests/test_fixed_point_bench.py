@@ -34,3 +34,25 @@ def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
     assert exc.value.code == 2
+
+
+def _row(method, time_s, converged=True, max_err=0.0, T=16384, **kw):
+    return dict(cell="gru", H=64, B=16, T=T, weights="stable", method=method, time_s=time_s,
+                iterations=1, converged=converged, max_err=max_err, **kw)
+
+
+def test_targets_pick_the_fastest_accurate_solver_against_the_right_baseline():
+    import torch
+
+    rows = [_row("loop", 2.0), _row("torch.nn", 1.0), _row("jacobi", 0.5, max_err=1e-3),  # too inaccurate
+            _row("quasi_newton", 0.4, converged=False),  # did not converge
+            _row("block_jacobi", 0.8), _row("newton", 4.0), _row("block_jacobi", 0.1, T=1024)]  # other T
+    t = bench.targets(rows, torch.device("cpu"))
+    (name, rec), = t.items()
+    assert name == "cpu_gru64_T16384_B16_fastest_solver_speedup_vs_loop"
+    assert rec["method"] == "block_jacobi" and rec["value"] == pytest.approx(2.5) and rec["met"]
+    slow = bench.targets([_row("loop", 1.0), _row("jacobi", 3.0)], torch.device("cpu"))
+    assert not next(iter(slow.values()))["met"]
+    assert bench.targets([_row("jacobi", 3.0)], torch.device("cpu")) == {}  # no baseline measured
+    gpu = bench.targets([_row("torch.nn", 1.0, T=65536), _row("newton", 0.05, T=65536)], torch.device("cuda"))
+    assert next(iter(gpu.values()))["value"] == pytest.approx(20) and next(iter(gpu.values()))["met"]

@@ -12,7 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from fpcore import cells
-from fpcore.fixed_point import METHODS, solve
+from fpcore.fixed_point import solve
+from fpcore.fixed_point.block_jacobi import blocks, default_block, default_overlap
+
+# the four ways of linearising the step that notebook 05 compares (block Jacobi has a section of its own)
+METHODS = ("jacobi", "quasi_newton", "newton", "damped")
 
 __all__ = [
     "rnn_with_norm",
@@ -27,6 +31,8 @@ __all__ = [
     "iterations_vs_T",
     "plot_iterations_vs_T",
     "cost_per_iteration",
+    "block_table",
+    "plot_block_table",
 ]
 
 
@@ -195,3 +201,42 @@ def cost_per_iteration(cell, x: Tensor, methods=tuple(METHODS), iters: int = 3) 
             res = solve(cell, x, method=method, iters=iters, tol=0.0, grad="none")
             out[method] = (time.perf_counter() - t0) / max(res.iterations, 1)
     return out
+
+
+def block_table(cases: dict, x: Tensor, lengths=None, tol: float = 1e-10) -> list[dict]:
+    """Block Jacobi from Jacobi (L = 1) to the loop (L = T): for each named cell in ``cases`` and each block
+    length L, with no overlap and with the default one, the sweeps to ``tol``, the sequential steps they
+    take (sweeps x (L + w): the depth), the work relative to the loop (sweeps x (L + w) / L), the rows per
+    step (B x ceil(T / L)) and the max-abs error against the loop."""
+    B, T, _ = x.shape
+    lengths = lengths or sorted({1, 4, 16, default_block(T), T})
+    rows = []
+    for name, cell in cases.items():
+        with torch.no_grad():
+            ref = cells.sequential(cell, x)
+        for L in lengths:
+            for w in sorted({0, default_overlap(L)}):
+                with torch.no_grad():
+                    r = solve(cell, x, method="block_jacobi", block=L, overlap=w, tol=tol, grad="none")
+                rows.append(dict(cell=name, L=L, w=w, sweeps=r.iterations, steps=r.iterations * (L + w),
+                                 work=r.iterations * (L + w) / L, rows=B * blocks(T, L),
+                                 error=float((r.states - ref).abs().max()), converged=r.converged))
+    return rows
+
+
+def plot_block_table(rows: list[dict], T: int, ax=None):
+    """Sequential steps (the depth) against the block length, one line per cell and overlap, with the
+    loop's T steps for reference (log-log)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
+    keys = sorted({(r["cell"], r["w"] > 0) for r in rows})
+    for i, (name, overlap) in enumerate(keys):
+        pts = [r for r in rows if r["cell"] == name and (r["w"] > 0) == overlap]
+        ax.loglog([r["L"] for r in pts], [r["steps"] for r in pts], "o-" if overlap else "s--", ms=4,
+                  color=f"C{i}", label=f"{name}, {'w = L/4' if overlap else 'no overlap'}")
+    ax.axhline(T, color="k", lw=1, ls=":", label=f"the loop: T = {T} steps")
+    ax.set(xlabel="block length L", ylabel="sequential steps to tol", title="block Jacobi: depth vs L")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
