@@ -16,10 +16,11 @@ import torch
 
 from fpcore import results as _results
 from fpcore.models.lm import RNNLM
-from fpcore.train import TrainConfig, build_model, evaluate, fit
+from fpcore.train import TrainConfig, build_model, evaluate, fit, load_trained, run_name
 
 __all__ = ["KS", "lm_grid", "stability_grid", "run_grid", "lm_table", "format_table", "plot_ppl_vs_k", "with_method",
-           "smallest_truncation", "lm_contraction"]
+           "smallest_truncation", "lm_contraction", "analyse_run", "analyses", "run_experiments", "claims",
+           "format_analyses"]
 
 KS = (1, 2, 4, 8, 16)
 
@@ -30,9 +31,7 @@ def lm_grid(dataset: str, preset: str, *, ks=KS, cell: str = "lstm", **overrides
     runs += [dict(method=m, iters=k) for m in ("jacobi", "truncated") for k in ks]
     grid = []
     for run in runs:
-        name = "_".join(filter(None, ["lm", dataset.replace("-", ""), preset, cell, run["method"],
-                                      f"k{run['iters']}" if "iters" in run else "",
-                                      "stable" if run.get("stable") else ""]))
+        name = run_name(dataset, preset, cell, run["method"], run.get("iters"), run.get("stable", False))
         grid.append(TrainConfig.preset(preset, dataset=dataset, cell=cell, record_name=name,
                                        checkpoint=str(Path("checkpoints") / f"{name}.pt"), **run, **overrides))
     return grid
@@ -43,22 +42,35 @@ def stability_grid(dataset: str, preset: str = "small", **overrides) -> list[Tra
     grid = []
     for cell in ("lstm", "rnn"):
         for stable in (False, True):
-            name = "_".join(filter(None, ["lm", dataset.replace("-", ""), preset, cell, "bptt",
-                                          "stable" if stable else ""]))
+            name = run_name(dataset, preset, cell, "bptt", None, stable)
             grid.append(TrainConfig.preset(preset, dataset=dataset, cell=cell, stable=stable, record_name=name,
                                            checkpoint=str(Path("checkpoints") / f"{name}.pt"), **overrides))
     return grid
 
 
-def run_grid(grid: list[TrainConfig], corpus, *, skip_done: bool = True) -> list[dict]:
-    """Run every config not yet in results/ (each resumes from its checkpoint if one exists)."""
+def run_grid(grid: list[TrainConfig], corpus, *, skip_done: bool = True, max_seconds: float | None = None) -> list[dict]:
+    """Run every config not yet in results/ (each resumes from its checkpoint if one exists).
+
+    ``max_seconds``: a budget for the whole call. The run it runs out in is checkpointed and paused (its
+    entry is ``{"finished": False, ...}``) and no further run starts; call again to go on. This is how the
+    grid spans several short sittings (a GPU lease of 10-minute commands, say).
+    """
+    import time
+
+    started = time.perf_counter()
     records = []
     for cfg in grid:
         done = _results.results_dir() / f"{cfg.record_name}.json"
         if skip_done and done.exists():
             records.append(_results.load_json(done))
             continue
-        records.append(fit(build_model(cfg, corpus.vocab_size), corpus, cfg))
+        left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
+        if left is not None and left <= 0:
+            break
+        record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg, max_seconds=left)
+        records.append(record)
+        if not record.get("finished", True):
+            break
     return records
 
 
@@ -67,7 +79,7 @@ def lm_table(dataset: str, *, profile: str = "full", directory: Path | None = No
     rows = []
     for path in _results.find(f"lm_{dataset.replace('-', '')}_*.json", directory):
         rec = _results.load_json(path)
-        if rec.get("profile") == profile:
+        if rec.get("profile") == profile and "test_ppl" in rec:
             rows.append(rec)
     order = {"bptt": 0, "newton": 1, "quasi_newton": 2, "jacobi": 3, "truncated": 4}
     return sorted(rows, key=lambda r: (r["config"], order.get(r["method"], 9), r.get("iters") or 0, r["stable"]))
@@ -147,3 +159,105 @@ def lm_contraction(model: RNNLM, tokens: torch.Tensor, *, k: int = 1, windows: i
         h = rnn(h)[0]  # the next layer's input, eval mode: no dropout
     model.train(was_training)
     return norms
+
+
+def analyse_run(name: str, corpus, *, eval_tokens: int = 20_000, ks=(1, 2, 4, 8, 16, 32, 64),
+                rel: float = 0.01, device=None) -> dict:
+    """Paper B's questions for one finished run, from its checkpoint; written to results/analysis_<name>.json.
+
+    ``truncation``: :func:`smallest_truncation` on the first ``eval_tokens`` validation tokens (the smallest
+    window k whose truncated model is within ``rel`` of the recurrent perplexity); ``contraction``: per
+    layer, quantiles of the data-dependent one-step contraction ||ds_t/ds_{t-1}|| along trajectories on real
+    text (:func:`lm_contraction`), and the fraction of steps above 1.
+    """
+    from fpcore.results import save_json
+
+    model, cfg = load_trained(name, corpus.vocab_size, device)
+    tokens = corpus.valid[:eval_tokens]
+    trunc = smallest_truncation(model, tokens, rel=rel, ks=ks, bptt=cfg.bptt)
+    layers = []
+    for norms in lm_contraction(model, corpus.valid):
+        v = norms.flatten().float()
+        q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99]))
+        layers.append(dict(median=float(q[0]), p90=float(q[1]), p99=float(q[2]), max=float(v.max()),
+                           frac_above_1=float((v > 1).float().mean())))
+    record = dict(run=name, dataset=cfg.dataset, config=cfg.config, cell=cfg.cell, method=cfg.method,
+                  stable=cfg.stable, eval_tokens=int(tokens.numel()), rel=rel,
+                  truncation={"recurrent_ppl": trunc["recurrent"], "ppl": {str(k): v for k, v in trunc["ppl"].items()},
+                              "smallest_k": trunc["k"]},
+                  contraction=layers)
+    record["path"] = str(save_json(f"analysis_{name}", record, device=device))
+    return record
+
+
+def analyses(dataset: str, directory: Path | None = None) -> list[dict]:
+    """The recorded analyses (:func:`analyse_run`) of ``dataset``'s runs."""
+    return [_results.load_json(p) for p in _results.find(f"analysis_lm_{dataset.replace('-', '')}_*.json", directory)]
+
+
+def run_experiments(dataset: str, *, stability_dataset: str, presets=("small", "medium"),
+                    max_seconds: float | None = None) -> bool:
+    """Notebooks 06/07's full profile: the grids of ``dataset`` for each preset, paper B's stability grid
+    on ``stability_dataset``, and :func:`analyse_run` for every finished stability run and BPTT baseline
+    that has no analysis yet. Within ``max_seconds`` (None: no limit); returns whether everything is done,
+    so a notebook re-run in the next sitting goes on from the checkpoints."""
+    import time
+
+    from fpcore.data import load_corpus
+
+    started = time.perf_counter()
+    main = load_corpus(dataset)
+    stab = main if stability_dataset == dataset else load_corpus(stability_dataset)
+    plans = [(lm_grid(dataset, p), main) for p in presets] + [(stability_grid(stability_dataset), stab)]
+    for grid, corpus in plans:
+        left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
+        records = run_grid(grid, corpus, max_seconds=left)
+        if len(records) < len(grid) or not all(r.get("finished", True) for r in records):
+            return False
+        for cfg in grid:
+            if cfg.method == "bptt" and not (_results.results_dir() / f"analysis_{cfg.record_name}.json").exists():
+                analyse_run(cfg.record_name, corpus)
+    return True
+
+
+def claims(rows: list[dict], *, jacobi_within: float = 0.03, stable_within: float = 0.05) -> list[str]:
+    """The issue's two claims, read off recorded runs (one line per config; nothing when a run is missing).
+
+    Paper A: the smallest k whose jacobi-k model is within ``jacobi_within`` of BPTT's test perplexity.
+    Paper B: the stable (projected) model against the unstable one, relative difference in test perplexity.
+    """
+    lines = []
+    for config in sorted({r["config"] for r in rows}):
+        rs = [r for r in rows if r["config"] == config]
+        base = next((r for r in rs if r["method"] == "bptt" and not r["stable"] and r["cell"] == "lstm"), None)
+        if base is None:
+            continue
+        ks = sorted(r["iters"] for r in rs if r["method"] == "jacobi" and r["cell"] == "lstm"
+                    and r["test_ppl"] <= base["test_ppl"] * (1 + jacobi_within))
+        tried = sorted(r["iters"] for r in rs if r["method"] == "jacobi" and r["cell"] == "lstm")
+        if tried:
+            verdict = f"smallest k = {ks[0]}" if ks else "none"
+            lines.append(f"{config}: paper A: jacobi-k within +{jacobi_within:.0%} of BPTT "
+                         f"({base['test_ppl']:.1f}): {verdict} (k tried: {tried})")
+        for cell in ("lstm", "rnn"):
+            un = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and not r["stable"]), None)
+            st = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and r["stable"]), None)
+            if un and st:
+                d = st["test_ppl"] / un["test_ppl"] - 1
+                lines.append(f"{config}: paper B: stable {cell} {st['test_ppl']:.2f} vs unstable {un['test_ppl']:.2f} "
+                             f"({d:+.1%}; within {stable_within:.0%}: {'yes' if abs(d) <= stable_within else 'no'})")
+    return lines
+
+
+def format_analyses(records: list[dict]) -> str:
+    """A Markdown table of :func:`analyse_run` records: smallest truncation and contraction per layer."""
+    lines = ["| run | recurrent ppl | smallest k within 1% | ppl at k | contraction median / p90 / max (per layer) |"
+             " steps > 1 |", "|---|---:|---:|---:|---|---|"]
+    for a in sorted(records, key=lambda a: a["run"]):
+        t = a["truncation"]
+        k = t["smallest_k"]
+        con = "; ".join(f"{c['median']:.2f} / {c['p90']:.2f} / {c['max']:.2f}" for c in a["contraction"])
+        above = "; ".join(f"{c['frac_above_1']:.1%}" for c in a["contraction"])
+        lines.append(f"| {a['run']} | {t['recurrent_ppl']:.2f} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
+                     f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} |")
+    return "\n".join(lines)

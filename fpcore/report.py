@@ -34,7 +34,7 @@ def _targets(directory: Path | None = None) -> list[str]:
 
 def section(directory: Path | None = None) -> str:
     """The generated Markdown section, markers included."""
-    from fpcore.experiments import format_table, lm_table
+    from fpcore.experiments import analyses, claims, format_analyses, format_table, lm_table
 
     out = [START, "", "### Language models (full profile)", ""]
     for dataset in ("ptb", "wikitext-2", "ptb-char"):
@@ -42,6 +42,11 @@ def section(directory: Path | None = None) -> str:
         out += [f"**{dataset}**: " + ("" if rows else "no full-profile run recorded yet."), ""]
         if rows:
             out += [format_table(rows), ""]
+            out += [f"- {line}" for line in claims(rows)] + ([""] if claims(rows) else [])
+        found = analyses(dataset, directory)
+        if found:
+            out += ["Trained models (paper B): smallest truncation within 1% of the recurrent perplexity on validation, "
+                    "and the one-step contraction ||ds_t/ds_{t-1}|| along real text:", "", format_analyses(found), ""]
     out += ["### Benchmark targets", "", *_targets(directory), "", END]
     return "\n".join(out)
 

@@ -104,6 +104,29 @@ class TrainConfig:
         return self.lr / self.lr_decay ** max(0, epoch - self.decay_after)
 
 
+def run_name(dataset: str, preset: str, cell: str = "lstm", method: str = "bptt", iters: int | None = None,
+             stable: bool = False, profile: str | None = None) -> str:
+    """The one name of a run, for its record (results/<name>.json) and checkpoint (checkpoints/<name>.pt),
+    shared by the CLI and the notebooks' grids so that each finds the other's runs:
+    ``lm_<dataset>_<preset>_<cell>_<method>[_k<iters>][_stable]_<profile>``."""
+    return "_".join(filter(None, ["lm", dataset.replace("-", ""), preset, cell, method,
+                                  f"k{iters}" if iters else "", "stable" if stable else "",
+                                  profile or _config.profile()]))
+
+
+def load_trained(name: str, vocab: int, device=None) -> tuple[RNNLM, TrainConfig]:
+    """The model a run left in checkpoints/<name>.pt (its state after the last window it trained) and
+    its config. Raises FileNotFoundError when the checkpoint is not on this machine."""
+    path = Path("checkpoints") / f"{name}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint of run {name!r} on this machine (checkpoints/ is not in git)")
+    saved = torch.load(path, map_location=device or "cpu", weights_only=False)
+    cfg = TrainConfig(**saved["config"])
+    model = build_model(cfg, vocab)
+    model.load_state_dict(saved["model"])
+    return model.to(device or "cpu").eval(), cfg
+
+
 def build_model(cfg: TrainConfig, vocab: int) -> RNNLM:
     torch.manual_seed(cfg.seed)
     return RNNLM(vocab, cfg.hidden, cfg.layers, cell=cfg.cell, dropout=cfg.dropout, tie=cfg.tie,
@@ -342,9 +365,7 @@ def _cli_train(args) -> int:
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, max_train_tokens=args.max_train_tokens).items()
                  if v is not None}
-    name = args.name or "_".join(filter(None, ["lm", args.dataset, args.preset, args.cell, args.method,
-                                               f"k{args.iters}" if args.iters else "", "stable" if args.stable else "",
-                                               _config.profile()]))
+    name = args.name or run_name(args.dataset, args.preset, args.cell, args.method, args.iters, args.stable)
     cfg = TrainConfig.preset(args.preset, dataset=args.dataset, cell=args.cell, method=args.method, iters=args.iters,
                              stable=args.stable, optimizer=args.optimizer, seed=args.seed, checkpoint=args.checkpoint,
                              record_name=name, **overrides)
