@@ -8,6 +8,8 @@
 Truncated BPTT over B parallel streams (:class:`fpcore.data.LMBatches`) with the state carried between
 windows, SGD with the classic schedule (lr divided by ``lr_decay`` each epoch after ``decay_after``) and
 gradient-norm clipping, or Adam. ``stable=True`` projects the recurrent weights after every step (paper B).
+The loss is summed over each window's time steps and averaged over the batch, as in Zaremba et al.'s code, so
+their lr = 1 and clip = 5 mean the same here (``sum_over_time=False``: the per-token mean).
 
 Checkpoints: every ``checkpoint_every`` windows and at each epoch end, the model, optimizer, carried
 state, position (epoch, window), random-number states and history are written atomically to
@@ -75,6 +77,9 @@ class TrainConfig:
     decay_after: int = 4
     clip: float = 5.0
     init_range: float = 0.1
+    # the training loss: summed over the window's time steps and averaged over the batch, as Zaremba et al.'s
+    # code does (lr = 1 and clip = 5 are on that scale); False: the mean per token, which needs lr ~ bptt
+    sum_over_time: bool = True
     seed: int = 0
     max_train_tokens: int | None = None  # slices for quick runs
     max_eval_tokens: int | None = None
@@ -282,7 +287,7 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
             logits, state = net(x, state)
             loss = _loss(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * y.shape[1] if cfg.sum_over_time else loss).backward()
             if cfg.clip:
                 nn.utils.clip_grad_norm_(params, cfg.clip)
             opt.step()
