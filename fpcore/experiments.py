@@ -162,13 +162,15 @@ def lm_contraction(model: RNNLM, tokens: torch.Tensor, *, k: int = 1, windows: i
 
 
 def analyse_run(name: str, corpus, *, eval_tokens: int = 20_000, ks=(1, 2, 4, 8, 16, 32, 64),
-                rel: float = 0.01, device=None) -> dict:
+                rel: float = 0.01, fixed_point_tokens: int = 1_000, device=None) -> dict:
     """Paper B's questions for one finished run, from its checkpoint; written to results/analysis_<name>.json.
 
     ``truncation``: :func:`smallest_truncation` on the first ``eval_tokens`` validation tokens (the smallest
     window k whose truncated model is within ``rel`` of the recurrent perplexity); ``contraction``: per
     layer, quantiles of the data-dependent one-step contraction ||ds_t/ds_{t-1}|| along trajectories on real
-    text (:func:`lm_contraction`), and the fraction of steps above 1.
+    text (:func:`lm_contraction`), and the fraction of steps above 1; ``fixed_point``: the perplexity of the
+    same weights on the first ``fixed_point_tokens`` validation tokens evaluated by the sequential layer and
+    by the exact fixed point solved in parallel ("newton", "quasi_newton"), which must agree (paper A).
     """
     from fpcore.results import save_json
 
@@ -181,8 +183,11 @@ def analyse_run(name: str, corpus, *, eval_tokens: int = 20_000, ks=(1, 2, 4, 8,
         q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99]))
         layers.append(dict(median=float(q[0]), p90=float(q[1]), p99=float(q[2]), max=float(v.max()),
                            frac_above_1=float((v > 1).float().mean())))
+    few = corpus.valid[:fixed_point_tokens]
+    fixed_point = {m: evaluate(with_method(model, m), few, bptt=cfg.bptt) for m in ("bptt", "newton", "quasi_newton")}
     record = dict(run=name, dataset=cfg.dataset, config=cfg.config, cell=cfg.cell, method=cfg.method,
                   stable=cfg.stable, eval_tokens=int(tokens.numel()), rel=rel,
+                  fixed_point=dict(tokens=int(few.numel()), ppl=fixed_point),
                   truncation={"recurrent_ppl": trunc["recurrent"], "ppl": {str(k): v for k, v in trunc["ppl"].items()},
                               "smallest_k": trunc["k"]},
                   contraction=layers)
@@ -252,12 +257,14 @@ def claims(rows: list[dict], *, jacobi_within: float = 0.03, stable_within: floa
 def format_analyses(records: list[dict]) -> str:
     """A Markdown table of :func:`analyse_run` records: smallest truncation and contraction per layer."""
     lines = ["| run | recurrent ppl | smallest k within 1% | ppl at k | contraction median / p90 / max (per layer) |"
-             " steps > 1 |", "|---|---:|---:|---:|---|---|"]
+             " steps > 1 | newton / quasi-Newton / loop ppl |", "|---|---:|---:|---:|---|---|---|"]
     for a in sorted(records, key=lambda a: a["run"]):
         t = a["truncation"]
         k = t["smallest_k"]
         con = "; ".join(f"{c['median']:.2f} / {c['p90']:.2f} / {c['max']:.2f}" for c in a["contraction"])
         above = "; ".join(f"{c['frac_above_1']:.1%}" for c in a["contraction"])
+        fp = a.get("fixed_point", {}).get("ppl")
+        fps = f"{fp['newton']:.3f} / {fp['quasi_newton']:.3f} / {fp['bptt']:.3f}" if fp else ""
         lines.append(f"| {a['run']} | {t['recurrent_ppl']:.2f} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
-                     f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} |")
+                     f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} | {fps} |")
     return "\n".join(lines)

@@ -277,6 +277,8 @@ def test_run_grid_spends_a_budget_pauses_and_skips_finished_runs(tmp_path, monke
     assert [r["test_ppl"] for r in again] == [r["test_ppl"] for r in records]
     ana = experiments.analyse_run(grid[0].record_name, corpus, eval_tokens=300, ks=(1, 2, 4, 64))
     assert ana["truncation"]["recurrent_ppl"] > 1 and len(ana["contraction"]) == grid[0].layers
+    fp = ana["fixed_point"]["ppl"]
+    assert fp["newton"] == pytest.approx(fp["bptt"], rel=1e-4) and fp["quasi_newton"] == pytest.approx(fp["bptt"], rel=1e-4)
     assert (tmp_path / "results" / f"analysis_{grid[0].record_name}.json").exists()
     assert experiments.analyses("markov")[0]["run"] == grid[0].record_name
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -313,6 +315,8 @@ def test_format_analyses_shows_the_smallest_window_or_that_none_was_close():
     table = experiments.format_analyses([found, none])
     assert "| lm_ptb_small_lstm_bptt_full | 120.00 | 2 | 121.00 | 0.50 / 0.80 / 1.20; 0.50 / 0.80 / 1.20 |" in table
     assert "| lm_ptb_small_rnn_bptt_full | 120.00 | > 64 | nan |" in table
+    found["fixed_point"] = dict(tokens=1000, ppl=dict(bptt=120.0, newton=120.0001, quasi_newton=119.9999))
+    assert "| 1.0%; 1.0% | 120.000 / 120.000 / 120.000 |" in experiments.format_analyses([found])
 
 
 def test_the_loss_is_summed_over_time_like_zarembas():
