@@ -256,15 +256,17 @@ def claims(rows: list[dict], *, jacobi_within: float = 0.03, stable_within: floa
 
 def format_analyses(records: list[dict]) -> str:
     """A Markdown table of :func:`analyse_run` records: smallest truncation and contraction per layer."""
-    lines = ["| run | recurrent ppl | smallest k within 1% | ppl at k | contraction median / p90 / max (per layer) |"
-             " steps > 1 | newton / quasi-Newton / loop ppl |", "|---|---:|---:|---:|---|---|---|"]
+    lines = ["| run | recurrent ppl (valid tokens) | smallest k within 1% | ppl at k | contraction median / p90 / max "
+             "(per layer) | steps > 1 | newton / quasi-Newton / loop ppl (valid tokens) |", "|---|---:|---:|---:|---|---|---|"]
     for a in sorted(records, key=lambda a: a["run"]):
         t = a["truncation"]
         k = t["smallest_k"]
         con = "; ".join(f"{c['median']:.2f} / {c['p90']:.2f} / {c['max']:.2f}" for c in a["contraction"])
         above = "; ".join(f"{c['frac_above_1']:.1%}" for c in a["contraction"])
         fp = a.get("fixed_point", {}).get("ppl")
-        fps = f"{fp['newton']:.3f} / {fp['quasi_newton']:.3f} / {fp['bptt']:.3f}" if fp else ""
-        lines.append(f"| {a['run']} | {t['recurrent_ppl']:.2f} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
+        fps = (f"{fp['newton']:.3f} / {fp['quasi_newton']:.3f} / {fp['bptt']:.3f} "
+               f"({a['fixed_point']['tokens']:,})") if fp else ""
+        n = f" ({a['eval_tokens']:,})" if "eval_tokens" in a else ""
+        lines.append(f"| {a['run']} | {t['recurrent_ppl']:.2f}{n} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
                      f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} | {fps} |")
     return "\n".join(lines)
