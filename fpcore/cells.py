@@ -50,6 +50,7 @@ __all__ = [
     "from_torch",
     "sequential",
     "truncated",
+    "tanh",
 ]
 
 

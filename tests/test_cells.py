@@ -130,3 +130,32 @@ def test_from_torch_cell_modules_and_layer_choice():
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
         bad()
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
+def test_cpu_tanh_through_sigmoid_matches_torch_tanh(dtype, atol):
+    """Large CPU tensors take 2 sigmoid(2x) - 1 (torch's CPU tanh is ~10x slower than its sigmoid): the
+    same function to a few ulp of 1, saturating correctly, and the small-tensor path is torch.tanh itself."""
+    x = torch.cat([torch.randn(1 << 15, dtype=dtype) * 3, torch.tensor([0.0, 1e-8, -40.0, 40.0], dtype=dtype)])
+    assert x.numel() >= cells._TANH_MIN
+    torch.testing.assert_close(cells.tanh(x), torch.tanh(x), rtol=0, atol=atol)
+    assert cells.tanh(x)[-2:].tolist() == [-1.0, 1.0]
+    small = x[:100]
+    assert torch.equal(cells.tanh(small), torch.tanh(small))
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_cell_steps_on_large_batches_match_the_torch_layer(kind):
+    """The fast steps (one sigmoid over the gates, addcmul, lerp, the sigmoid tanh) equal nn's layer where
+    every tensor is above the sigmoid-tanh threshold: one step over 512 x 64 positions at once."""
+    torch.manual_seed(0)
+    m = (nn.GRU if kind == "gru" else nn.LSTM)(8, 32, batch_first=True)
+    cell = cells.from_torch(m)
+    x = torch.randn(512, 1, 8)
+    s0 = torch.randn(512, cell.state_size) * 0.5
+    h0 = (s0[None, :, :32], s0[None, :, 32:]) if kind == "lstm" else s0[None]
+    with torch.no_grad():
+        y, _ = m(x, h0)
+        s1 = cell.step(s0[:, None], cell.prepare(x))
+    assert s1[..., :32].numel() >= cells._TANH_MIN
+    torch.testing.assert_close(s1[..., :32], y, rtol=0, atol=1e-6)

@@ -125,8 +125,8 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
     h0      initial state: [B, H] (LSTM: (h0, c0) or packed [B, 2H]; a stack: torch's [L, B, H]); None = 0
     method  "jacobi" | "quasi_newton" | "newton" | "damped" | "block_jacobi" (see the module docstring)
     iters   at most this many iterations (capped at T; block Jacobi: at ceil(T / block)). ``iters=k``
-            with "jacobi" from the zero start is
-            paper A's k-th order approximation = paper B's k-window truncated model.
+            with "jacobi" from the zero start is paper A's k-th order approximation = paper B's k-window
+            truncated model.
     tol     stop when max |S^(k+1) - S^(k)| <= tol. With neither ``iters`` nor ``tol``: tol =
             :func:`default_tol` of the dtype. With only ``iters``: run them all (stopping only at an exact
             fixed point); ``converged`` is then judged against the default tol.
