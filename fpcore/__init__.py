@@ -6,6 +6,7 @@ and notebooks above those. See DESIGN.md in the repository for the map.
 
 Importing fpcore is cheap: it compiles and launches nothing, and heavy submodules load on first use.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """``python -m fpcore <command>``: see :mod:`fpcore.cli`."""
+
 from fpcore.cli import main
 
 raise SystemExit(main())

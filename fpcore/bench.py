@@ -13,6 +13,7 @@ memory-bound operation over the same bytes measured in the same run):
 - :func:`save` writes ``results/<name>.json`` through :func:`fpcore.results.save_json` (hardware,
   versions, commit, command) and the figure as ``results/<name>.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUITES", "register", "positive", "comma_list", "time_side_by_side", "gbps", "format_table", "device_tag", "save", "synchronize"]
+__all__ = [
+    "SUITES",
+    "register",
+    "positive",
+    "comma_list",
+    "time_side_by_side",
+    "gbps",
+    "format_table",
+    "device_tag",
+    "save",
+    "synchronize",
+]
+
 
 def positive(kind: Callable = int) -> Callable[[str], Any]:
     """An argparse ``type`` for a number > 0 of ``kind`` (int accepts 1_000), with a one-line error."""
+
     def parse(text: str):
         try:
             value = kind(text.replace("_", "") if kind is int else text)
@@ -36,11 +50,13 @@ def positive(kind: Callable = int) -> Callable[[str], Any]:
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
+
     return parse
 
 
 def comma_list(allowed: Sequence | None = None, cast: Callable = str) -> Callable[[str], list]:
     """An argparse ``type`` for a comma list (``a,b,c``) of ``cast`` values, each in ``allowed`` if given."""
+
     def parse(text: str) -> list:
         try:
             items = [cast(t.strip()) for t in text.split(",") if t.strip()]
@@ -50,6 +66,7 @@ def comma_list(allowed: Sequence | None = None, cast: Callable = str) -> Callabl
             what = f"choose from {', '.join(map(str, allowed))}" if allowed is not None else "expected a comma list"
             raise argparse.ArgumentTypeError(f"{what}; got {text!r}")
         return items
+
     return parse
 
 
@@ -87,8 +104,9 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_side_by_side(fns: dict[str, Callable[[], Any]], *, device="cpu", warmup: int = 2, repeat: int = 10,
-                      min_time: float = 0.0) -> dict[str, dict[str, float]]:
+def time_side_by_side(
+    fns: dict[str, Callable[[], Any]], *, device="cpu", warmup: int = 2, repeat: int = 10, min_time: float = 0.0
+) -> dict[str, dict[str, float]]:
     """Time each callable, interleaved round by round; return ``{name: {"median", "min", "n"}}`` in seconds.
 
     Every callable runs ``warmup`` times first (compilation, caches, first-touch pages), then

@@ -33,10 +33,11 @@ the tuple ``(h0, c0)``), and [B, H] (or [1, B, H]) for a single cell.
 References: :func:`sequential` (the step-by-step loop) and :func:`truncated` (paper B's k-window
 truncated model) are the plain references every parallel solver is tested against.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -161,8 +162,9 @@ def _one_layer(t: Tensor, batch: int, size: int, name: str) -> Tensor:
     if t.dim() == 3 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 2 or t.shape != (batch, size):
-        raise ValueError(f"{name} must have shape [B, {size}] = [{batch}, {size}] (or [1, B, {size}]), "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape [B, {size}] = [{batch}, {size}] (or [1, B, {size}]), got {tuple(t.shape)}"
+        )
     return t
 
 
@@ -381,8 +383,10 @@ class CellStack(list):
         parts = h0 if isinstance(h0, (tuple, list)) else (h0,)
         for p in parts:
             if not isinstance(p, Tensor) or p.dim() != 3 or p.shape[0] != L:
-                raise ValueError(f"h0 for a {L}-layer stack must be [L={L}, B, H] (LSTM: a tuple of two), "
-                                 f"got {tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__}")
+                raise ValueError(
+                    f"h0 for a {L}-layer stack must be [L={L}, B, H] (LSTM: a tuple of two), "
+                    f"got {tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__}"
+                )
         return tuple(p[layer] for p in parts) if isinstance(h0, (tuple, list)) else h0[layer]
 
     def __repr__(self) -> str:
@@ -406,8 +410,7 @@ def from_torch(module: nn.Module, layer: int | None = None):
     Bidirectional modules and LSTM projections (``proj_size > 0``) are not supported (ValueError).
     Inter-layer dropout is never applied (the solvers compute the eval-mode layer).
     """
-    kinds = {nn.RNN: "rnn", nn.GRU: "gru", nn.LSTM: "lstm", nn.RNNCell: "rnn", nn.GRUCell: "gru",
-             nn.LSTMCell: "lstm"}
+    kinds = {nn.RNN: "rnn", nn.GRU: "gru", nn.LSTM: "lstm", nn.RNNCell: "rnn", nn.GRUCell: "gru", nn.LSTMCell: "lstm"}
     kind = next((k for t, k in kinds.items() if isinstance(module, t)), None)
     if kind is None:
         raise ValueError(f"from_torch takes nn.RNN, nn.GRU, nn.LSTM or their *Cell, got {type(module).__name__}")
@@ -421,8 +424,11 @@ def from_torch(module: nn.Module, layer: int | None = None):
     if getattr(module, "proj_size", 0):
         raise ValueError("LSTM with proj_size > 0 is not supported")
     if module.dropout and module.training:
-        warnings.warn("from_torch: the module has inter-layer dropout and is in training mode; the fixed-point "
-                      "solvers compute the eval-mode layer (no dropout)", stacklevel=2)
+        warnings.warn(
+            "from_torch: the module has inter-layer dropout and is in training mode; the fixed-point "
+            "solvers compute the eval-mode layer (no dropout)",
+            stacklevel=2,
+        )
     L = module.num_layers
     if layer is not None:
         if not 0 <= layer < L:

@@ -7,6 +7,7 @@ takes the parsed arguments and returns an exit code. Adding a command is one lin
 Bad arguments exit with status 2 and one line on stderr (never a traceback); a command that fails on
 its input (a corrupt corpus, a bad value) exits with status 1 and the error's message.
 """
+
 from __future__ import annotations
 
 import argparse

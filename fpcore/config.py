@@ -13,6 +13,7 @@ switch it with :func:`set_profile` (which also exports it to child processes).
 >>> config.pick(quick=64, full=1536)   # doctest: +SKIP
 64
 """
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,7 @@ def profile() -> str:
     """The active profile, ``"quick"`` or ``"full"`` (from ``$FPCORE_PROFILE``, quick by default)."""
     value = os.environ.get(_ENV, "quick").strip().lower() or "quick"
     if value not in PROFILES:
-        raise ValueError(
-            f"{_ENV}={os.environ[_ENV]!r} is not a profile; use one of {', '.join(PROFILES)}"
-        )
+        raise ValueError(f"{_ENV}={os.environ[_ENV]!r} is not a profile; use one of {', '.join(PROFILES)}")
     return value
 
 

@@ -30,6 +30,7 @@ word-level files rather than downloaded (see :func:`char_tokens`): the character
 separate tokens, ``_`` marks a word boundary, the placeholder ``<unk>`` stays one token, and each
 line ends with one ``<eos>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -272,7 +273,7 @@ def read_text(path: str | os.PathLike, spec: FileSpec | None = None) -> str:
     except UnicodeDecodeError as err:
         expect = f"; expected sha256 {spec.sha256}" if spec else ""
         raise DataError(
-            f"{path}: not valid UTF-8 (byte {err.start}: {data[err.start:err.start + 4]!r}){expect}. "
+            f"{path}: not valid UTF-8 (byte {err.start}: {data[err.start : err.start + 4]!r}){expect}. "
             "Replace it with the byte-exact file listed in data/README.md."
         ) from None
 
@@ -282,7 +283,9 @@ def _download(spec: FileSpec, dest: Path) -> Path:
     from tqdm.auto import tqdm
 
     if not spec.urls:
-        raise DataError(f"{dest}: file not found and no download source is registered for it. {_fix_hint(spec, 'cache')}")
+        raise DataError(
+            f"{dest}: file not found and no download source is registered for it. {_fix_hint(spec, 'cache')}"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in spec.urls:
@@ -405,8 +408,10 @@ def _ids(tokens: list[str], stoi: dict[str, int], name: str, split: str) -> torc
     try:
         ids = [stoi[t] for t in tokens] if unk is None else [stoi.get(t, unk) for t in tokens]
     except KeyError as err:
-        raise DataError(f"{name}/{split}: token {err.args[0]!r} is not in the training vocabulary, "
-                        "and the vocabulary has no <unk> to map it to") from None
+        raise DataError(
+            f"{name}/{split}: token {err.args[0]!r} is not in the training vocabulary, "
+            "and the vocabulary has no <unk> to map it to"
+        ) from None
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -529,8 +534,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="verify corpora (size, sha256, UTF-8) and print their statistics",
         description="Verify each corpus file and print token, line and vocabulary counts.",
     )
-    p.add_argument("corpora", nargs="*", type=_corpus_name, metavar="CORPUS",
-                   help=f"which corpora (default: all of {', '.join(REGISTRY)})")
+    p.add_argument(
+        "corpora",
+        nargs="*",
+        type=_corpus_name,
+        metavar="CORPUS",
+        help=f"which corpora (default: all of {', '.join(REGISTRY)})",
+    )
     p.add_argument("--root", type=Path, default=None, help="data root (default: see fpcore.data docs)")
     p.set_defaults(func=_cli_data)
 
@@ -547,6 +557,8 @@ def _cli_data(args) -> int:
     for name, corpus in zip(args.corpora or REGISTRY, corpora):
         for split, s in corpus.stats().items():
             fspec = REGISTRY[name].files[split]
-            print(f"{name:<11} {split:<6} {s['tokens']:>10,} {s['lines']:>7,} {s['types']:>7,} "
-                  f"{corpus.vocab_size:>7,}  {_locate(corpus.root, fspec)}")
+            print(
+                f"{name:<11} {split:<6} {s['tokens']:>10,} {s['lines']:>7,} {s['types']:>7,} "
+                f"{corpus.vocab_size:>7,}  {_locate(corpus.root, fspec)}"
+            )
     return 0

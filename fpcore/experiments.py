@@ -8,6 +8,7 @@
 Every record is written by :func:`fpcore.train.fit` (with hardware, versions and commit); nothing here
 types a figure.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,23 @@ from fpcore import results as _results
 from fpcore.models.lm import RNNLM
 from fpcore.train import TrainConfig, build_model, evaluate, fit, load_trained, run_name
 
-__all__ = ["KS", "lm_grid", "stability_grid", "run_grid", "lm_table", "format_table", "plot_ppl_vs_k", "with_method",
-           "smallest_truncation", "lm_contraction", "analyse_run", "analyses", "run_experiments", "claims",
-           "format_analyses"]
+__all__ = [
+    "KS",
+    "lm_grid",
+    "stability_grid",
+    "run_grid",
+    "lm_table",
+    "format_table",
+    "plot_ppl_vs_k",
+    "with_method",
+    "smallest_truncation",
+    "lm_contraction",
+    "analyse_run",
+    "analyses",
+    "run_experiments",
+    "claims",
+    "format_analyses",
+]
 
 KS = (1, 2, 4, 8, 16)
 
@@ -32,8 +47,17 @@ def lm_grid(dataset: str, preset: str, *, ks=KS, cell: str = "lstm", **overrides
     grid = []
     for run in runs:
         name = run_name(dataset, preset, cell, run["method"], run.get("iters"), run.get("stable", False))
-        grid.append(TrainConfig.preset(preset, dataset=dataset, cell=cell, record_name=name,
-                                       checkpoint=str(Path("checkpoints") / f"{name}.pt"), **run, **overrides))
+        grid.append(
+            TrainConfig.preset(
+                preset,
+                dataset=dataset,
+                cell=cell,
+                record_name=name,
+                checkpoint=str(Path("checkpoints") / f"{name}.pt"),
+                **run,
+                **overrides,
+            )
+        )
     return grid
 
 
@@ -43,12 +67,23 @@ def stability_grid(dataset: str, preset: str = "small", **overrides) -> list[Tra
     for cell in ("lstm", "rnn"):
         for stable in (False, True):
             name = run_name(dataset, preset, cell, "bptt", None, stable)
-            grid.append(TrainConfig.preset(preset, dataset=dataset, cell=cell, stable=stable, record_name=name,
-                                           checkpoint=str(Path("checkpoints") / f"{name}.pt"), **overrides))
+            grid.append(
+                TrainConfig.preset(
+                    preset,
+                    dataset=dataset,
+                    cell=cell,
+                    stable=stable,
+                    record_name=name,
+                    checkpoint=str(Path("checkpoints") / f"{name}.pt"),
+                    **overrides,
+                )
+            )
     return grid
 
 
-def run_grid(grid: list[TrainConfig], corpus, *, skip_done: bool = True, max_seconds: float | None = None) -> list[dict]:
+def run_grid(
+    grid: list[TrainConfig], corpus, *, skip_done: bool = True, max_seconds: float | None = None
+) -> list[dict]:
     """Run every config not yet in results/ (each resumes from its checkpoint if one exists).
 
     ``max_seconds``: a budget for the whole call. The run it runs out in is checkpointed and paused (its
@@ -87,11 +122,15 @@ def lm_table(dataset: str, *, profile: str = "full", directory: Path | None = No
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of recorded runs (valid/test perplexity, tokens/s, hardware)."""
-    lines = ["| config | method | k | stable | valid ppl | test ppl | tokens/s | device |",
-             "|---|---|---:|---|---:|---:|---:|---|"]
+    lines = [
+        "| config | method | k | stable | valid ppl | test ppl | tokens/s | device |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['method']} | {r.get('iters') or ''} | {'yes' if r['stable'] else ''} | "
-                     f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} | {r['tokens_per_s']:,.0f} | {r['device']} |")
+        lines.append(
+            f"| {r['config']} | {r['method']} | {r.get('iters') or ''} | {'yes' if r['stable'] else ''} | "
+            f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} | {r['tokens_per_s']:,.0f} | {r['device']} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,14 +154,30 @@ def plot_ppl_vs_k(rows: list[dict], ax=None):
 
 def with_method(model: RNNLM, method: str, iters: int | None = None) -> RNNLM:
     """A copy of ``model`` (same weights) whose recurrent layers are evaluated by another method."""
-    twin = RNNLM(model.vocab, model.hidden, model.layers, cell=model.cell_kind, dropout=model.drop.p,
-                 tie=model.decoder.weight is model.embed.weight, method=method, iters=iters, tol=model.tol)
+    twin = RNNLM(
+        model.vocab,
+        model.hidden,
+        model.layers,
+        cell=model.cell_kind,
+        dropout=model.drop.p,
+        tie=model.decoder.weight is model.embed.weight,
+        method=method,
+        iters=iters,
+        tol=model.tol,
+    )
     twin.load_state_dict(model.state_dict())
     return twin.to(next(model.parameters()).device)
 
 
-def smallest_truncation(model: RNNLM, tokens: torch.Tensor, *, rel: float = 0.01, ks=(1, 2, 4, 8, 16, 32, 64),
-                        batch_size: int = 10, bptt: int = 35) -> dict:
+def smallest_truncation(
+    model: RNNLM,
+    tokens: torch.Tensor,
+    *,
+    rel: float = 0.01,
+    ks=(1, 2, 4, 8, 16, 32, 64),
+    batch_size: int = 10,
+    bptt: int = 35,
+) -> dict:
     """Paper B's question for a trained model: the smallest window k whose truncated model is within ``rel``.
 
     Evaluates the same weights recurrently and as the k-truncated feed-forward model for each k in
@@ -161,8 +216,16 @@ def lm_contraction(model: RNNLM, tokens: torch.Tensor, *, k: int = 1, windows: i
     return norms
 
 
-def analyse_run(name: str, corpus, *, eval_tokens: int = 20_000, ks=(1, 2, 4, 8, 16, 32, 64),
-                rel: float = 0.01, fixed_point_tokens: int = 1_000, device=None) -> dict:
+def analyse_run(
+    name: str,
+    corpus,
+    *,
+    eval_tokens: int = 20_000,
+    ks=(1, 2, 4, 8, 16, 32, 64),
+    rel: float = 0.01,
+    fixed_point_tokens: int = 1_000,
+    device=None,
+) -> dict:
     """Paper B's questions for one finished run, from its checkpoint; written to results/analysis_<name>.json.
 
     ``truncation``: :func:`smallest_truncation` on the first ``eval_tokens`` validation tokens (the smallest
@@ -181,16 +244,34 @@ def analyse_run(name: str, corpus, *, eval_tokens: int = 20_000, ks=(1, 2, 4, 8,
     for norms in lm_contraction(model, corpus.valid):
         v = norms.flatten().float()
         q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99]))
-        layers.append(dict(median=float(q[0]), p90=float(q[1]), p99=float(q[2]), max=float(v.max()),
-                           frac_above_1=float((v > 1).float().mean())))
+        layers.append(
+            dict(
+                median=float(q[0]),
+                p90=float(q[1]),
+                p99=float(q[2]),
+                max=float(v.max()),
+                frac_above_1=float((v > 1).float().mean()),
+            )
+        )
     few = corpus.valid[:fixed_point_tokens]
     fixed_point = {m: evaluate(with_method(model, m), few, bptt=cfg.bptt) for m in ("bptt", "newton", "quasi_newton")}
-    record = dict(run=name, dataset=cfg.dataset, config=cfg.config, cell=cfg.cell, method=cfg.method,
-                  stable=cfg.stable, eval_tokens=int(tokens.numel()), rel=rel,
-                  fixed_point=dict(tokens=int(few.numel()), ppl=fixed_point),
-                  truncation={"recurrent_ppl": trunc["recurrent"], "ppl": {str(k): v for k, v in trunc["ppl"].items()},
-                              "smallest_k": trunc["k"]},
-                  contraction=layers)
+    record = dict(
+        run=name,
+        dataset=cfg.dataset,
+        config=cfg.config,
+        cell=cfg.cell,
+        method=cfg.method,
+        stable=cfg.stable,
+        eval_tokens=int(tokens.numel()),
+        rel=rel,
+        fixed_point=dict(tokens=int(few.numel()), ppl=fixed_point),
+        truncation={
+            "recurrent_ppl": trunc["recurrent"],
+            "ppl": {str(k): v for k, v in trunc["ppl"].items()},
+            "smallest_k": trunc["k"],
+        },
+        contraction=layers,
+    )
     record["path"] = str(save_json(f"analysis_{name}", record, device=device))
     return record
 
@@ -200,8 +281,9 @@ def analyses(dataset: str, directory: Path | None = None) -> list[dict]:
     return [_results.load_json(p) for p in _results.find(f"analysis_lm_{dataset.replace('-', '')}_*.json", directory)]
 
 
-def run_experiments(dataset: str, *, stability_dataset: str, presets=("small", "medium"),
-                    max_seconds: float | None = None) -> bool:
+def run_experiments(
+    dataset: str, *, stability_dataset: str, presets=("small", "medium"), max_seconds: float | None = None
+) -> bool:
     """Notebooks 06/07's full profile: the grids of ``dataset`` for each preset, paper B's stability grid
     on ``stability_dataset``, and :func:`analyse_run` for every finished stability run and BPTT baseline
     that has no analysis yet. Within ``max_seconds`` (None: no limit); returns whether everything is done,
@@ -237,36 +319,53 @@ def claims(rows: list[dict], *, jacobi_within: float = 0.03, stable_within: floa
         base = next((r for r in rs if r["method"] == "bptt" and not r["stable"] and r["cell"] == "lstm"), None)
         if base is None:
             continue
-        ks = sorted(r["iters"] for r in rs if r["method"] == "jacobi" and r["cell"] == "lstm"
-                    and r["test_ppl"] <= base["test_ppl"] * (1 + jacobi_within))
+        ks = sorted(
+            r["iters"]
+            for r in rs
+            if r["method"] == "jacobi"
+            and r["cell"] == "lstm"
+            and r["test_ppl"] <= base["test_ppl"] * (1 + jacobi_within)
+        )
         tried = sorted(r["iters"] for r in rs if r["method"] == "jacobi" and r["cell"] == "lstm")
         if tried:
             verdict = f"smallest k = {ks[0]}" if ks else "none"
-            lines.append(f"{config}: paper A: jacobi-k within +{jacobi_within:.0%} of BPTT "
-                         f"({base['test_ppl']:.1f}): {verdict} (k tried: {tried})")
+            lines.append(
+                f"{config}: paper A: jacobi-k within +{jacobi_within:.0%} of BPTT "
+                f"({base['test_ppl']:.1f}): {verdict} (k tried: {tried})"
+            )
         for cell in ("lstm", "rnn"):
             un = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and not r["stable"]), None)
             st = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and r["stable"]), None)
             if un and st:
                 d = st["test_ppl"] / un["test_ppl"] - 1
-                lines.append(f"{config}: paper B: stable {cell} {st['test_ppl']:.2f} vs unstable {un['test_ppl']:.2f} "
-                             f"({d:+.1%}; within {stable_within:.0%}: {'yes' if abs(d) <= stable_within else 'no'})")
+                lines.append(
+                    f"{config}: paper B: stable {cell} {st['test_ppl']:.2f} vs unstable {un['test_ppl']:.2f} "
+                    f"({d:+.1%}; within {stable_within:.0%}: {'yes' if abs(d) <= stable_within else 'no'})"
+                )
     return lines
 
 
 def format_analyses(records: list[dict]) -> str:
     """A Markdown table of :func:`analyse_run` records: smallest truncation and contraction per layer."""
-    lines = ["| run | recurrent ppl (valid tokens) | smallest k within 1% | ppl at k | contraction median / p90 / max "
-             "(per layer) | steps > 1 | newton / quasi-Newton / loop ppl (valid tokens) |", "|---|---:|---:|---:|---|---|---|"]
+    lines = [
+        "| run | recurrent ppl (valid tokens) | smallest k within 1% | ppl at k | contraction median / p90 / max "
+        "(per layer) | steps > 1 | newton / quasi-Newton / loop ppl (valid tokens) |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
     for a in sorted(records, key=lambda a: a["run"]):
         t = a["truncation"]
         k = t["smallest_k"]
         con = "; ".join(f"{c['median']:.2f} / {c['p90']:.2f} / {c['max']:.2f}" for c in a["contraction"])
         above = "; ".join(f"{c['frac_above_1']:.1%}" for c in a["contraction"])
         fp = a.get("fixed_point", {}).get("ppl")
-        fps = (f"{fp['newton']:.3f} / {fp['quasi_newton']:.3f} / {fp['bptt']:.3f} "
-               f"({a['fixed_point']['tokens']:,})") if fp else ""
+        fps = (
+            (f"{fp['newton']:.3f} / {fp['quasi_newton']:.3f} / {fp['bptt']:.3f} ({a['fixed_point']['tokens']:,})")
+            if fp
+            else ""
+        )
         n = f" ({a['eval_tokens']:,})" if "eval_tokens" in a else ""
-        lines.append(f"| {a['run']} | {t['recurrent_ppl']:.2f}{n} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
-                     f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} | {fps} |")
+        lines.append(
+            f"| {a['run']} | {t['recurrent_ppl']:.2f}{n} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
+            f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} | {fps} |"
+        )
     return "\n".join(lines)

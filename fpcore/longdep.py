@@ -26,6 +26,7 @@ GPU (paper scale; see :func:`paper_configs`)::
     python -m fpcore longdep --model gilr-lstm --seq-len 8192 --hidden 512 --layers 2 --batch 32
     python -m fpcore longdep --model lstm --seq-len 8192 --hidden 512 --layers 2 --batch 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,20 @@ from torch import nn
 from fpcore.bench import positive
 from fpcore.tasks import MAX_T, P, SignedOneHot, sign_batch
 
-__all__ = ["MODELS", "LongDepConfig", "LongDepNet", "LongDepResult", "train_longdep", "paper_configs",
-           "run_profile", "plot_history", "targets", "load_records", "records_table", "register"]
+__all__ = [
+    "MODELS",
+    "LongDepConfig",
+    "LongDepNet",
+    "LongDepResult",
+    "train_longdep",
+    "paper_configs",
+    "run_profile",
+    "plot_history",
+    "targets",
+    "load_records",
+    "records_table",
+    "register",
+]
 
 MODELS = ("gilr-lstm", "lstm")
 
@@ -83,8 +96,21 @@ class LongDepConfig:
     progress: bool = True  # (run) tqdm bar
     threads: int | None = None  # (run) torch CPU threads during the run (restored after); None: leave as is
 
-    RUN_FIELDS = ("max_iters", "max_time_s", "streak", "device", "backend", "checkpoint", "checkpoint_every",
-                  "resume", "save", "results_dir", "name", "progress", "threads")
+    RUN_FIELDS = (
+        "max_iters",
+        "max_time_s",
+        "streak",
+        "device",
+        "backend",
+        "checkpoint",
+        "checkpoint_every",
+        "resume",
+        "save",
+        "results_dir",
+        "name",
+        "progress",
+        "threads",
+    )
 
     def validate(self) -> LongDepConfig:
         if self.model not in MODELS:
@@ -135,12 +161,12 @@ class LongDepNet(nn.Module):
             with torch.no_grad():  # torch's gate order is (i, f, g, o); the same inits as GILR-LSTM
                 for k in range(cfg.layers):
                     b_ih, b_hh = getattr(self.rnn, f"bias_ih_l{k}"), getattr(self.rnn, f"bias_hh_l{k}")
-                    b_hh[:2 * H].zero_()
+                    b_hh[: 2 * H].zero_()
                     if cfg.init == "chrono":
                         b_f = torch.log(torch.empty(H).uniform_(1.0, cfg.seq_len - 1.0))
-                        b_ih[H:2 * H], b_ih[:H] = b_f, -b_f
+                        b_ih[H : 2 * H], b_ih[:H] = b_f, -b_f
                     else:
-                        b_ih[H:2 * H].fill_(cfg.forget_bias)
+                        b_ih[H : 2 * H].fill_(cfg.forget_bias)
         self.head = nn.Linear(cfg.hidden, 1)
 
     def forward(self, symbols: torch.Tensor) -> torch.Tensor:
@@ -228,12 +254,28 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
 
     def checkpoint_now():
         if ckpt is not None:
-            _save_checkpoint(ckpt, {"identity": cfg.identity(), "model": model.state_dict(),
-                                    "optimizer": opt.state_dict(), "step": step, "streak": streak,
-                                    "elapsed_s": elapsed, "losses": losses, "accuracies": accs})
+            _save_checkpoint(
+                ckpt,
+                {
+                    "identity": cfg.identity(),
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "streak": streak,
+                    "elapsed_s": elapsed,
+                    "losses": losses,
+                    "accuracies": accs,
+                },
+            )
 
-    bar = tqdm(total=cfg.max_iters, initial=min(step, cfg.max_iters), disable=not cfg.progress,
-               desc=f"{cfg.model} T={cfg.seq_len}", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.max_iters,
+        initial=min(step, cfg.max_iters),
+        disable=not cfg.progress,
+        desc=f"{cfg.model} T={cfg.seq_len}",
+        leave=False,
+        dynamic_ncols=True,
+    )
     model.train()
     t0 = time.perf_counter() - elapsed
     while streak < cfg.streak and step < cfg.max_iters and (cfg.max_time_s is None or elapsed < cfg.max_time_s):
@@ -266,12 +308,22 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     converged = streak >= cfg.streak
     peak, peak_kind = _peak_mem(device)
     record = {
-        "model": cfg.model, "seq_len": cfg.seq_len, "hidden": cfg.hidden, "layers": cfg.layers,
-        "batch": cfg.batch, "iterations": step, "wall_time_s": elapsed, "converged": converged,
-        "device": device_name(device), "peak_mem_bytes": peak, "peak_mem_kind": peak_kind,
-        "torch_version": torch.__version__, "commit": git_commit(),
+        "model": cfg.model,
+        "seq_len": cfg.seq_len,
+        "hidden": cfg.hidden,
+        "layers": cfg.layers,
+        "batch": cfg.batch,
+        "iterations": step,
+        "wall_time_s": elapsed,
+        "converged": converged,
+        "device": device_name(device),
+        "peak_mem_bytes": peak,
+        "peak_mem_kind": peak_kind,
+        "torch_version": torch.__version__,
+        "commit": git_commit(),
         "seconds_per_iteration": elapsed / max(step, 1),
-        "final_loss": losses[-1] if losses else None, "final_streak": streak,
+        "final_loss": losses[-1] if losses else None,
+        "final_streak": streak,
         "criterion": f"{cfg.streak} consecutive minibatches at 100% accuracy",
         "config": dataclasses.asdict(cfg),
         "history": {"loss": losses, "accuracy": accs},
@@ -293,15 +345,49 @@ def paper_configs(*, quick: bool) -> list[LongDepConfig]:
     (2 x 64, batch 2), which keeps a step's activations to a few GiB.
     """
     if quick:
-        return [LongDepConfig(model="gilr-lstm", seq_len=4096, hidden=8, layers=1, batch=8, embed=8, lr=3e-2,
-                              max_iters=600, progress=False, threads=1)]
+        return [
+            LongDepConfig(
+                model="gilr-lstm",
+                seq_len=4096,
+                hidden=8,
+                layers=1,
+                batch=8,
+                embed=8,
+                lr=3e-2,
+                max_iters=600,
+                progress=False,
+                threads=1,
+            )
+        ]
     runs = []
     for T in (1024, 8192):
         for model in ("gilr-lstm", "lstm"):
-            runs.append(LongDepConfig(model=model, seq_len=T, hidden=512, layers=2, batch=32, embed=64, lr=1e-3,
-                                      max_iters=5000, max_time_s=3 * 3600))
-    runs.append(LongDepConfig(model="gilr-lstm", seq_len=MAX_T, hidden=64, layers=2, batch=2, embed=64, lr=1e-3,
-                              max_iters=20_000, max_time_s=3600))
+            runs.append(
+                LongDepConfig(
+                    model=model,
+                    seq_len=T,
+                    hidden=512,
+                    layers=2,
+                    batch=32,
+                    embed=64,
+                    lr=1e-3,
+                    max_iters=5000,
+                    max_time_s=3 * 3600,
+                )
+            )
+    runs.append(
+        LongDepConfig(
+            model="gilr-lstm",
+            seq_len=MAX_T,
+            hidden=64,
+            layers=2,
+            batch=2,
+            embed=64,
+            lr=1e-3,
+            max_iters=20_000,
+            max_time_s=3600,
+        )
+    )
     return runs
 
 
@@ -336,6 +422,7 @@ def plot_history(results: list[LongDepResult], window: int = 10):
 
 def targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Issue 6's training targets, read off recorded runs (a target without its runs is absent)."""
+
     def best(model, T):
         runs = [r for r in records if r["model"] == model and r["seq_len"] == T and r["converged"]]
         return min(runs, key=lambda r: r["wall_time_s"]) if runs else None
@@ -345,12 +432,19 @@ def targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     if g and c:
         lstm = min(c, key=lambda r: r["wall_time_s"])  # an unconverged LSTM counts with its (budget) time
         ratio = lstm["wall_time_s"] / g["wall_time_s"]
-        out["T8192_lstm_over_gilr_lstm_wall_time"] = {"value": ratio, "target": 6.0, "met": ratio >= 6.0,
-                                                      "lstm_converged": lstm["converged"]}
+        out["T8192_lstm_over_gilr_lstm_wall_time"] = {
+            "value": ratio,
+            "target": 6.0,
+            "met": ratio >= 6.0,
+            "lstm_converged": lstm["converged"],
+        }
     m = best("gilr-lstm", MAX_T)
     if m:
-        out["T1048576_gilr_lstm_wall_time_s"] = {"value": m["wall_time_s"], "target": 600.0,
-                                                 "met": m["wall_time_s"] <= 600.0}
+        out["T1048576_gilr_lstm_wall_time_s"] = {
+            "value": m["wall_time_s"],
+            "target": 600.0,
+            "met": m["wall_time_s"] <= 600.0,
+        }
     return out
 
 
@@ -366,14 +460,25 @@ def records_table(records: list[dict[str, Any]]) -> str:
     """The recorded runs as a plain-text table (paper C, Table 3 layout)."""
     from fpcore.bench import format_table
 
-    rows = [{"profile": r.get("meta", {}).get("profile", "-"), "model": r["model"], "T": r["seq_len"],
-             "size": f"{r['layers']}x{r['hidden']}", "batch": r["batch"],
-             "iterations": r["iterations"], "hours": r["wall_time_s"] / 3600, "converged": r["converged"],
-             "GiB": r["peak_mem_bytes"] / 2**30, "device": r["device"], "commit": (r.get("commit") or "-")[:10]}
-            for r in records]
-    return format_table(rows, ("profile", "model", "T", "size", "batch", "iterations", "hours", "converged", "GiB",
-                               "device",
-                               "commit"))
+    rows = [
+        {
+            "profile": r.get("meta", {}).get("profile", "-"),
+            "model": r["model"],
+            "T": r["seq_len"],
+            "size": f"{r['layers']}x{r['hidden']}",
+            "batch": r["batch"],
+            "iterations": r["iterations"],
+            "hours": r["wall_time_s"] / 3600,
+            "converged": r["converged"],
+            "GiB": r["peak_mem_bytes"] / 2**30,
+            "device": r["device"],
+            "commit": (r.get("commit") or "-")[:10],
+        }
+        for r in records
+    ]
+    return format_table(
+        rows, ("profile", "model", "T", "size", "batch", "iterations", "hours", "converged", "GiB", "device", "commit")
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,17 +493,17 @@ def _seq_len(text: str) -> int:
     return value
 
 
-
-
 def register(subparsers) -> None:
     """``python -m fpcore longdep``: train on the long-dependency task and record the run."""
     d = LongDepConfig()
     p = subparsers.add_parser(
-        "longdep", help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C, section 6.1)",
+        "longdep",
+        help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C, section 6.1)",
         description="Train on Hochreiter & Schmidhuber problem 2b (sign of x_0 after T-1 random one-hots) until "
-                    f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if "
-                    "the budget ends first); writes "
-                    "results/longdep_<model>_T<T>_h<H>x<L>_s<seed>.json.")
+        f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if "
+        "the budget ends first); writes "
+        "results/longdep_<model>_T<T>_h<H>x<L>_s<seed>.json.",
+    )
     p.add_argument("--model", choices=MODELS, default=d.model, help=f"default {d.model}")
     p.add_argument("--seq-len", type=_seq_len, default=d.seq_len, help=f"T (default {d.seq_len}; up to 1048576)")
     p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"units per layer (default {d.hidden})")
@@ -406,10 +511,18 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"default {d.batch}")
     p.add_argument("--embed", type=_positive_int, default=d.embed, help=f"input lookup width (default {d.embed})")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--init", choices=("chrono", "constant"), default=d.init,
-                   help="gate-bias init: chrono (Tallec & Ollivier 2018; default) or constant --forget-bias")
-    p.add_argument("--forget-bias", type=float, default=d.forget_bias,
-                   help=f"forget-gate bias with --init constant (default {d.forget_bias})")
+    p.add_argument(
+        "--init",
+        choices=("chrono", "constant"),
+        default=d.init,
+        help="gate-bias init: chrono (Tallec & Ollivier 2018; default) or constant --forget-bias",
+    )
+    p.add_argument(
+        "--forget-bias",
+        type=float,
+        default=d.forget_bias,
+        help=f"forget-gate bias with --init constant (default {d.forget_bias})",
+    )
     p.add_argument("--clip", type=float, default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--max-iters", type=_positive_int, default=d.max_iters, help=f"default {d.max_iters}")
@@ -432,18 +545,38 @@ def _main(args) -> int:
         args._parser.error("--resume needs --checkpoint")
     if not 0 <= args.seed < 2**31:
         args._parser.error(f"--seed must be in [0, 2^31), got {args.seed}")
-    cfg = LongDepConfig(model=args.model, seq_len=args.seq_len, hidden=args.hidden, layers=args.layers,
-                        batch=args.batch, embed=args.embed, lr=args.lr, init=args.init, forget_bias=args.forget_bias,
-                        clip=args.clip,
-                        seed=args.seed, max_iters=args.max_iters, max_time_s=args.max_time, device=args.device,
-                        backend=args.backend, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                        resume=args.resume, save=not args.no_save, results_dir=args.results_dir, name=args.name,
-                        progress=not args.no_progress, threads=args.threads)
+    cfg = LongDepConfig(
+        model=args.model,
+        seq_len=args.seq_len,
+        hidden=args.hidden,
+        layers=args.layers,
+        batch=args.batch,
+        embed=args.embed,
+        lr=args.lr,
+        init=args.init,
+        forget_bias=args.forget_bias,
+        clip=args.clip,
+        seed=args.seed,
+        max_iters=args.max_iters,
+        max_time_s=args.max_time,
+        device=args.device,
+        backend=args.backend,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        save=not args.no_save,
+        results_dir=args.results_dir,
+        name=args.name,
+        progress=not args.no_progress,
+        threads=args.threads,
+    )
     res = train_longdep(cfg)
     r = res.record
-    print(f"{r['model']} T={r['seq_len']} {r['layers']}x{r['hidden']} batch {r['batch']}: "
-          f"{'converged' if r['converged'] else 'NOT converged'} after {r['iterations']} iterations, "
-          f"{r['wall_time_s']:.1f} s, peak memory {r['peak_mem_bytes'] / 2**20:.0f} MiB on {r['device']}")
+    print(
+        f"{r['model']} T={r['seq_len']} {r['layers']}x{r['hidden']} batch {r['batch']}: "
+        f"{'converged' if r['converged'] else 'NOT converged'} after {r['iterations']} iterations, "
+        f"{r['wall_time_s']:.1f} s, peak memory {r['peak_mem_bytes'] / 2**20:.0f} MiB on {r['device']}"
+    )
     if res.path is not None:
         print(f"wrote {res.path}")
     return 0 if r["converged"] else 3

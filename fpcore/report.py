@@ -4,6 +4,7 @@ Nothing in the README's results tables is typed: this module reads every record 
 the section between the markers below; a test checks that the README holds exactly what it generates,
 so a new result without a regenerated README fails the suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,11 @@ def _targets(directory: Path | None = None) -> list[str]:
             if not isinstance(t, dict) or "value" not in t:
                 continue
             meta = record.get("meta", {})
-            rows.append(f"| `{path.name}` | {name} | {t['value']:.3g} | {t.get('target', '')} | "
-                        f"{'yes' if t.get('met') else 'no'} | {meta.get('device', '?')} | "
-                        f"{(meta.get('commit') or '?')[:10]} |")
+            rows.append(
+                f"| `{path.name}` | {name} | {t['value']:.3g} | {t.get('target', '')} | "
+                f"{'yes' if t.get('met') else 'no'} | {meta.get('device', '?')} | "
+                f"{(meta.get('commit') or '?')[:10]} |"
+            )
     if not rows:
         return ["No benchmark targets are recorded yet."]
     return ["| file | target | measured | goal | met | device | commit |", "|---|---|---:|---:|---|---|---|", *rows]
@@ -45,8 +48,13 @@ def section(directory: Path | None = None) -> str:
             out += [f"- {line}" for line in claims(rows)] + ([""] if claims(rows) else [])
         found = analyses(dataset, directory)
         if found:
-            out += ["Trained models (paper B): smallest truncation within 1% of the recurrent perplexity on validation, "
-                    "and the one-step contraction ||ds_t/ds_{t-1}|| along real text:", "", format_analyses(found), ""]
+            out += [
+                "Trained models (paper B): smallest truncation within 1% of the recurrent perplexity on validation, "
+                "and the one-step contraction ||ds_t/ds_{t-1}|| along real text:",
+                "",
+                format_analyses(found),
+                "",
+            ]
     out += ["### Benchmark targets", "", *_targets(directory), "", END]
     return "\n".join(out)
 
@@ -65,8 +73,19 @@ def update_readme(path: Path = README, directory: Path | None = None) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("results", help="print the results tables (from results/), or write them into the README",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "results",
+        help="print the results tables (from results/), or write them into the README",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--readme", action="store_true", help="rewrite the README's generated results section")
-    p.set_defaults(func=lambda a: (print("README updated" if update_readme() else "README already up to date")
-                                   if a.readme else print(section())) or 0)
+    p.set_defaults(
+        func=lambda a: (
+            (
+                print("README updated" if update_readme() else "README already up to date")
+                if a.readme
+                else print(section())
+            )
+            or 0
+        )
+    )

@@ -6,6 +6,7 @@ to ``<out>/html/`` as soon as it finishes, so an interrupted run keeps what it h
 that fails is still written (with the error in place) and the command exits with status 1 after
 running the rest. ``<out>/summary.json`` lists each notebook's status and wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,10 @@ def reproduce(out: Path, *, profile: str = "quick", only: list[str] | None = Non
         summary["notebooks"].append({"name": path.name, "ok": ok, "seconds": round(seconds, 1), "error": error})
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     total = sum(n["seconds"] for n in summary["notebooks"])
-    print(f"{len(paths) - failed} of {len(paths)} notebooks ran in {total:.0f} s; executed notebooks in "
-          f"{out / 'notebooks'}, HTML in {out / 'html'}")
+    print(
+        f"{len(paths) - failed} of {len(paths)} notebooks ran in {total:.0f} s; executed notebooks in "
+        f"{out / 'notebooks'}, HTML in {out / 'html'}"
+    )
     return 1 if failed else 0
 
 
@@ -104,11 +107,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build)")
-    p.add_argument("--profile", choices=("quick", "full"), default=os.environ.get("FPCORE_PROFILE", "quick"),
-                   help="profile to run the notebooks in (default: $FPCORE_PROFILE or quick)")
+    p.add_argument(
+        "--profile",
+        choices=("quick", "full"),
+        default=os.environ.get("FPCORE_PROFILE", "quick"),
+        help="profile to run the notebooks in (default: $FPCORE_PROFILE or quick)",
+    )
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only notebooks whose name contains NAME")
-    p.add_argument("--timeout", type=int, default=None,
-                   help="per-cell timeout in seconds (default: 900 in quick, none in full)")
-    p.set_defaults(func=lambda a: reproduce(
-        a.out, profile=a.profile, only=a.only,
-        timeout=a.timeout if a.timeout is not None else (900 if a.profile == "quick" else None)))
+    p.add_argument(
+        "--timeout", type=int, default=None, help="per-cell timeout in seconds (default: 900 in quick, none in full)"
+    )
+    p.set_defaults(
+        func=lambda a: reproduce(
+            a.out,
+            profile=a.profile,
+            only=a.only,
+            timeout=a.timeout if a.timeout is not None else (900 if a.profile == "quick" else None),
+        )
+    )

@@ -6,6 +6,7 @@
 Nothing in results/ is typed by hand: notebooks and the README read these files back with
 :func:`load_json` / :func:`find`.
 """
+
 from __future__ import annotations
 
 import datetime as _dt

@@ -19,6 +19,7 @@ This module has four parts:
   :math:`\|\partial h_t/\partial h_{t-1}\|_2` along real trajectories;
 * truncation and training equivalence: :func:`truncation_errors`, :func:`train_twins`.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,9 @@ LIPSCHITZ = {"tanh": 1.0, "relu": 1.0, "sigmoid": 0.25}
 # -------------------------------------------------------------------------------------------------
 # Norms
 # -------------------------------------------------------------------------------------------------
-def spectral_norm(W: Tensor, *, method: str = "svd", iters: int = 5000, tol: float = 1e-8,
-                  generator: torch.Generator | None = None) -> Tensor:
+def spectral_norm(
+    W: Tensor, *, method: str = "svd", iters: int = 5000, tol: float = 1e-8, generator: torch.Generator | None = None
+) -> Tensor:
     r"""The largest singular value :math:`\|W\|_2` of a matrix W [m, n] (or a batch [..., m, n]).
 
     ``method="svd"``: exact, from ``torch.linalg.svdvals`` in float64 (O(m n min(m, n)) with a large
@@ -103,8 +105,9 @@ def _norm1(W: Tensor) -> float:
     return float(W.detach().abs().sum(0).max())
 
 
-def gate_upper_bound(W_h: Tensor, W_x: Tensor | None, bias: Tensor | None, *, h_max: float = 1.0,
-                     x_max: float | None = None) -> float:
+def gate_upper_bound(
+    W_h: Tensor, W_x: Tensor | None, bias: Tensor | None, *, h_max: float = 1.0, x_max: float | None = None
+) -> float:
     r"""An upper bound on a sigmoid gate :math:`\sigma(W_h h + W_x x + b)` over all |h| <= h_max, |x| <= x_max.
 
     Per unit j: :math:`\sigma(h_{max}\sum_i|W_h[j,i]| + x_{max}\sum_i|W_x[j,i]| + b_j)`, maximised over j.
@@ -168,7 +171,7 @@ def contraction_bound(cell, *, x_max: float | None = None) -> float:
     b = _total_bias(cell)
     if isinstance(cell, _cells.LSTMCell):
         Wi, Wf, Wz, Wo = W.split(H)
-        f_bar = gate_upper_bound(Wf, Wx[H:2 * H], None if b is None else b[H:2 * H], x_max=x_max)
+        f_bar = gate_upper_bound(Wf, Wx[H : 2 * H], None if b is None else b[H : 2 * H], x_max=x_max)
         if f_bar >= 1.0:
             return math.inf
         c_bar = 1.0 / (1.0 - f_bar)
@@ -176,9 +179,9 @@ def contraction_bound(cell, *, x_max: float | None = None) -> float:
     if isinstance(cell, _cells.GRUCell):
         Wr, Wz, Wn = W.split(H)
         inf = lambda M: float(M.abs().sum(1).max())  # noqa: E731 - induced infinity-norm
-        b_hn = cell.bias_hh[2 * H:].detach() if cell.bias_hh is not None else torch.zeros(H)
+        b_hn = cell.bias_hh[2 * H :].detach() if cell.bias_hh is not None else torch.zeros(H)
         beta = inf(Wn) + inf(Wr) * (inf(Wn) + float(b_hn.abs().max())) / 4
-        z_bar = gate_upper_bound(Wz, Wx[H:2 * H], None if b is None else b[H:2 * H], x_max=x_max)
+        z_bar = gate_upper_bound(Wz, Wx[H : 2 * H], None if b is None else b[H : 2 * H], x_max=x_max)
         return max(beta, z_bar + (1 - z_bar) * beta) + inf(Wz) / 2
     raise ValueError(f"no contraction bound for a {type(cell).__name__}")
 
@@ -196,7 +199,8 @@ def project_spectral(W: Tensor, max_norm: float = 1.0) -> Tensor:
 
     Clip the singular values: :math:`W = U \Sigma V^\top \mapsto U \min(\Sigma, m) V^\top`. A matrix
     already inside the ball (up to a relative 1e-6 of rounding) is returned unchanged (the same values,
-    not a round trip through the SVD), so the projection is idempotent to the bit. This is paper B's projection for the RNN (the authors clip at 1).
+    not a round trip through the SVD), so the projection is idempotent to the bit. This is paper B's
+    projection for the RNN (the authors clip at 1).
     """
     if max_norm <= 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
@@ -222,8 +226,12 @@ def _clip_columns_(M: Tensor, max_l1: float) -> None:
 
 
 @torch.no_grad()
-def lstm_rescale_(lstm: nn.LSTM | nn.LSTMCell, *, column_norms: dict[str, float] | None = None,
-                  input_forget_norm: float | None = LSTM_INPUT_FORGET_NORM) -> nn.Module:
+def lstm_rescale_(
+    lstm: nn.LSTM | nn.LSTMCell,
+    *,
+    column_norms: dict[str, float] | None = None,
+    input_forget_norm: float | None = LSTM_INPUT_FORGET_NORM,
+) -> nn.Module:
     """Paper B's LSTM projection, in place: column L1 norms of W_i, W_f, W_z, W_o (and U_f) clipped.
 
     torch's gate order in ``weight_hh`` is (i, f, g=z, o). Every column whose L1 norm exceeds its
@@ -298,8 +306,9 @@ def project_after_step(optimizer: torch.optim.Optimizer, model: nn.Module, **kwa
 # -------------------------------------------------------------------------------------------------
 # Data-dependent stability
 # -------------------------------------------------------------------------------------------------
-def _chain_norm_power(cell, s_prev: Tensor, u: Tensor, k: int, *, iters: int = 300, tol: float = 1e-4,
-                      seed: int = 0) -> Tensor:
+def _chain_norm_power(
+    cell, s_prev: Tensor, u: Tensor, k: int, *, iters: int = 300, tol: float = 1e-4, seed: int = 0
+) -> Tensor:
     """||J_{j+k-1} ... J_j||_2 for every window of k consecutive steps, without forming a Jacobian.
 
     Power iteration on P^T P, where P v is k Jacobian-vector products (``torch.func.jvp`` of the step)
@@ -311,8 +320,8 @@ def _chain_norm_power(cell, s_prev: Tensor, u: Tensor, k: int, *, iters: int = 3
 
     B, T, S = s_prev.shape
     n = T - k + 1
-    steps = [lambda s, j=j: cell.step(s, u[:, j:j + n]) for j in range(k)]  # factor j: positions j..j+n-1
-    points = [s_prev[:, j:j + n] for j in range(k)]  # (B, n, S) each
+    steps = [lambda s, j=j: cell.step(s, u[:, j : j + n]) for j in range(k)]  # factor j: positions j..j+n-1
+    points = [s_prev[:, j : j + n] for j in range(k)]  # (B, n, S) each
     pullbacks = [vjp(f, p)[1] for f, p in zip(steps, points)]
     gen = torch.Generator(device=s_prev.device).manual_seed(seed)
     v = torch.randn(B, n, S, dtype=s_prev.dtype, device=s_prev.device, generator=gen)
@@ -334,8 +343,9 @@ def _chain_norm_power(cell, s_prev: Tensor, u: Tensor, k: int, *, iters: int = 3
 
 
 @torch.no_grad()
-def local_contraction(cell, x: Tensor, h0=None, *, k: int = 1, states: Tensor | None = None,
-                      method: str = "auto") -> Tensor:
+def local_contraction(
+    cell, x: Tensor, h0=None, *, k: int = 1, states: Tensor | None = None, method: str = "auto"
+) -> Tensor:
     r"""How much the trajectory forgets: :math:`\|\partial s_t/\partial s_{t-k}\|_2` along the real trajectory.
 
     ``cell``: one layer (an fpcore cell or a one-layer torch module); x [B, T, D]. The trajectory is the
@@ -351,7 +361,8 @@ def local_contraction(cell, x: Tensor, h0=None, *, k: int = 1, states: Tensor | 
 
     ``method``: "svd" forms each product and takes its exact norm (O(k S^3) per position); "power"
     runs a power iteration on Jacobian-vector products without forming J (a lower bound, stopped at a
-    relative change of 1e-4, accurate to about 1e-3); "auto" takes "svd" for S <= 128 and "power" above (a 650-unit LSTM has S = 1300).
+    relative change of 1e-4, accurate to about 1e-3); "auto" takes "svd" for S <= 128 and "power" above
+    (a 650-unit LSTM has S = 1300).
     """
     if method not in ("auto", "svd", "power"):
         raise ValueError(f"method must be 'auto', 'svd' or 'power', got {method!r}")
@@ -467,8 +478,18 @@ def char_batches(tokens: Tensor, batch: int, length: int, seed: int = 0) -> Call
     return batches
 
 
-def fit_char_model(model: CharRNN, tokens: Tensor, *, steps: int, batch: int = 32, length: int = 64,
-                   lr: float = 3e-3, k: int | None = None, project: bool = False, seed: int = 0) -> list[float]:
+def fit_char_model(
+    model: CharRNN,
+    tokens: Tensor,
+    *,
+    steps: int,
+    batch: int = 32,
+    length: int = 64,
+    lr: float = 3e-3,
+    k: int | None = None,
+    project: bool = False,
+    seed: int = 0,
+) -> list[float]:
     """Train ``model`` with Adam on random windows of ``tokens``; return the loss (nats/char) per step."""
     from tqdm.auto import tqdm
 
@@ -498,9 +519,18 @@ class TwinHistory:
     loss_truncated: list[float] = field(default_factory=list)
 
 
-def train_twins(make_model: Callable[[], nn.Module], batches: Callable[[int], tuple[Tensor, Tensor]], *,
-                k: int, steps: int, lr: float = 0.1, project: bool = True, max_norm: float = 1.0,
-                record_every: int = 1, seed: int = 0) -> TwinHistory:
+def train_twins(
+    make_model: Callable[[], nn.Module],
+    batches: Callable[[int], tuple[Tensor, Tensor]],
+    *,
+    k: int,
+    steps: int,
+    lr: float = 0.1,
+    project: bool = True,
+    max_norm: float = 1.0,
+    record_every: int = 1,
+    seed: int = 0,
+) -> TwinHistory:
     r"""Train a recurrent model and its k-truncated twin from the same initialisation, side by side.
 
     ``make_model()`` returns a model whose ``forward(x, k=None)`` gives logits [B, T, C] (recurrent for
@@ -511,6 +541,7 @@ def train_twins(make_model: Callable[[], nn.Module], batches: Callable[[int], tu
     :math:`\|\theta_{rec} - \theta_{trunc}\|_2` stays small and shrinks with k (the gradient gap is
     :math:`O(k \lambda^k)`); for unstable ones it need not.
     """
+
     def build():
         torch.manual_seed(seed)
         return make_model()

@@ -22,6 +22,7 @@ generator seeded with a mix of both, so training can resume at any step without 
 (CPU and CUDA generators are different streams: the same seed gives different, equally random,
 batches on the two.)
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,9 @@ def batch_seed(seed: int, step: int) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
-def sign_batch(batch: int, seq_len: int, *, p: int = P, seed: int = 0, step: int = 0,
-               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def sign_batch(
+    batch: int, seq_len: int, *, p: int = P, seed: int = 0, step: int = 0, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of problem 2b: ``(symbols [B, T] int64, labels [B] float)`` made on ``device``.
 
     symbols[:, 0] is p (x_0 = +e_p, label 1.0) or p + 1 (x_0 = -e_p, label 0.0); symbols[:, 1:] are

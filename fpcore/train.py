@@ -19,6 +19,7 @@ uninterrupted run would (same batches, same dropout masks, same state).
 Data parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes every world-th stream and
 gradients are averaged by DistributedDataParallel; rank 0 evaluates, checkpoints and writes results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,48 @@ __all__ = ["TrainConfig", "PRESETS", "build_model", "fit", "evaluate"]
 
 # Zaremba et al. (2014): "small" and "medium" PTB models.
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(hidden=200, layers=2, dropout=0.0, bptt=20, epochs=13, lr=1.0, decay_after=4, lr_decay=2.0,
-                  batch_size=20, clip=5.0, init_range=0.1),
-    "medium": dict(hidden=650, layers=2, dropout=0.5, bptt=35, epochs=39, lr=1.0, decay_after=6, lr_decay=1.2,
-                   batch_size=20, clip=5.0, init_range=0.05),
+    "small": dict(
+        hidden=200,
+        layers=2,
+        dropout=0.0,
+        bptt=20,
+        epochs=13,
+        lr=1.0,
+        decay_after=4,
+        lr_decay=2.0,
+        batch_size=20,
+        clip=5.0,
+        init_range=0.1,
+    ),
+    "medium": dict(
+        hidden=650,
+        layers=2,
+        dropout=0.5,
+        bptt=35,
+        epochs=39,
+        lr=1.0,
+        decay_after=6,
+        lr_decay=1.2,
+        batch_size=20,
+        clip=5.0,
+        init_range=0.05,
+    ),
     # a few minutes on a laptop CPU: for the quick profile and tests
-    "tiny": dict(hidden=64, layers=1, dropout=0.0, bptt=20, epochs=2, lr=1.0, decay_after=1, lr_decay=2.0,
-                 batch_size=16, clip=5.0, init_range=0.1, max_train_tokens=60_000, max_eval_tokens=10_000),
+    "tiny": dict(
+        hidden=64,
+        layers=1,
+        dropout=0.0,
+        bptt=20,
+        epochs=2,
+        lr=1.0,
+        decay_after=1,
+        lr_decay=2.0,
+        batch_size=16,
+        clip=5.0,
+        init_range=0.1,
+        max_train_tokens=60_000,
+        max_eval_tokens=10_000,
+    ),
 }
 
 
@@ -109,14 +145,33 @@ class TrainConfig:
         return self.lr / self.lr_decay ** max(0, epoch - self.decay_after)
 
 
-def run_name(dataset: str, preset: str, cell: str = "lstm", method: str = "bptt", iters: int | None = None,
-             stable: bool = False, profile: str | None = None) -> str:
+def run_name(
+    dataset: str,
+    preset: str,
+    cell: str = "lstm",
+    method: str = "bptt",
+    iters: int | None = None,
+    stable: bool = False,
+    profile: str | None = None,
+) -> str:
     """The one name of a run, for its record (results/<name>.json) and checkpoint (checkpoints/<name>.pt),
     shared by the CLI and the notebooks' grids so that each finds the other's runs:
     ``lm_<dataset>_<preset>_<cell>_<method>[_k<iters>][_stable]_<profile>``."""
-    return "_".join(filter(None, ["lm", dataset.replace("-", ""), preset, cell, method,
-                                  f"k{iters}" if iters else "", "stable" if stable else "",
-                                  profile or _config.profile()]))
+    return "_".join(
+        filter(
+            None,
+            [
+                "lm",
+                dataset.replace("-", ""),
+                preset,
+                cell,
+                method,
+                f"k{iters}" if iters else "",
+                "stable" if stable else "",
+                profile or _config.profile(),
+            ],
+        )
+    )
 
 
 def load_trained(name: str, vocab: int, device=None) -> tuple[RNNLM, TrainConfig]:
@@ -134,8 +189,17 @@ def load_trained(name: str, vocab: int, device=None) -> tuple[RNNLM, TrainConfig
 
 def build_model(cfg: TrainConfig, vocab: int) -> RNNLM:
     torch.manual_seed(cfg.seed)
-    return RNNLM(vocab, cfg.hidden, cfg.layers, cell=cfg.cell, dropout=cfg.dropout, tie=cfg.tie,
-                 method=cfg.method, iters=cfg.iters, init_range=cfg.init_range)
+    return RNNLM(
+        vocab,
+        cfg.hidden,
+        cfg.layers,
+        cell=cfg.cell,
+        dropout=cfg.dropout,
+        tie=cfg.tie,
+        method=cfg.method,
+        iters=cfg.iters,
+        init_range=cfg.init_range,
+    )
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -143,8 +207,14 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: RNNLM, tokens: torch.Tensor, *, batch_size: int = 10, bptt: int = 35,
-             device: torch.device | str | None = None) -> float:
+def evaluate(
+    model: RNNLM,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 10,
+    bptt: int = 35,
+    device: torch.device | str | None = None,
+) -> float:
     """Perplexity exp(mean NLL) of ``model`` on a 1-D token stream, state carried across windows."""
     was_training = model.training
     model.eval()
@@ -232,8 +302,7 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = (torch.optim.SGD(params, lr=cfg.lr_at(1)) if cfg.optimizer == "sgd"
-           else torch.optim.Adam(params, lr=cfg.lr))
+    opt = torch.optim.SGD(params, lr=cfg.lr_at(1)) if cfg.optimizer == "sgd" else torch.optim.Adam(params, lr=cfg.lr)
     if cfg.stable:
         stability.project_after_step(opt, model)
 
@@ -255,10 +324,23 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
     def checkpoint(window: int) -> None:
         if ckpt is None or rank != 0:
             return
-        _save_checkpoint(ckpt, dict(config=dataclasses.asdict(cfg), model=model.state_dict(),
-                                    optimizer=opt.state_dict(), epoch=epoch, window=window, state=state,
-                                    history=history, trained_tokens=trained_tokens, train_seconds=train_seconds,
-                                    nll_sum=nll_sum, nll_count=nll_count, rng=_rng_state()))
+        _save_checkpoint(
+            ckpt,
+            dict(
+                config=dataclasses.asdict(cfg),
+                model=model.state_dict(),
+                optimizer=opt.state_dict(),
+                epoch=epoch,
+                window=window,
+                state=state,
+                history=history,
+                trained_tokens=trained_tokens,
+                train_seconds=train_seconds,
+                nll_sum=nll_sum,
+                nll_count=nll_count,
+                rng=_rng_state(),
+            ),
+        )
 
     started = time.perf_counter()
 
@@ -279,8 +361,14 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
             if cfg.optimizer == "sgd":
                 group["lr"] = cfg.lr_at(epoch)
         model.train()
-        bar = tqdm(batches.iter_from(start_window), total=len(batches) - start_window, initial=0, leave=False,
-                   desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress or rank != 0)
+        bar = tqdm(
+            batches.iter_from(start_window),
+            total=len(batches) - start_window,
+            initial=0,
+            leave=False,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not cfg.progress or rank != 0,
+        )
         tick = time.perf_counter()
         for i, (x, y) in enumerate(bar, start=start_window):
             state = detach_state(state)
@@ -318,14 +406,26 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
     record: dict[str, Any] = {}
     if rank == 0:
         record = {
-            "finished": True, "dataset": cfg.dataset, "config": cfg.config, "method": cfg.method,
+            "finished": True,
+            "dataset": cfg.dataset,
+            "config": cfg.config,
+            "method": cfg.method,
             "iters": cfg.iters if cfg.method in ("jacobi", "truncated") else None,
-            "cell": cfg.cell, "hidden": cfg.hidden, "layers": cfg.layers, "epochs": cfg.epochs,
-            "stable": cfg.stable, "valid_ppl": history[-1]["valid_ppl"],
+            "cell": cfg.cell,
+            "hidden": cfg.hidden,
+            "layers": cfg.layers,
+            "epochs": cfg.epochs,
+            "stable": cfg.stable,
+            "valid_ppl": history[-1]["valid_ppl"],
             "test_ppl": evaluate(model, test, batch_size=cfg.eval_batch_size, bptt=cfg.bptt),
-            "tokens_per_s": trained_tokens / max(train_seconds, 1e-9), "wall_time_s": time.perf_counter() - started,
-            "train_seconds": train_seconds, "profile": _config.profile(), "device": device_name(device),
-            "world_size": world, "torch_version": torch.__version__, "history": history,
+            "tokens_per_s": trained_tokens / max(train_seconds, 1e-9),
+            "wall_time_s": time.perf_counter() - started,
+            "train_seconds": train_seconds,
+            "profile": _config.profile(),
+            "device": device_name(device),
+            "world_size": world,
+            "torch_version": torch.__version__,
+            "history": history,
             "train_config": dataclasses.asdict(cfg),
         }
         if cfg.dataset == "ptb-char":  # character level: bits per character, log2 of the perplexity
@@ -345,8 +445,11 @@ def _end_distributed(world: int, own_group: bool) -> None:
 
 # -- CLI: python -m fpcore train ----------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a language model (BPTT, Jacobi-k, truncated, Newton; stable or not)",
-                       description="Train an RNN language model and write its record to results/.")
+    p = sub.add_parser(
+        "train",
+        help="train a language model (BPTT, Jacobi-k, truncated, Newton; stable or not)",
+        description="Train an RNN language model and write its record to results/.",
+    )
     p.add_argument("--dataset", choices=("ptb", "ptb-char", "wikitext-2"), default="ptb")
     p.add_argument("--preset", choices=tuple(PRESETS), default="small", help="model size and schedule")
     p.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
@@ -360,30 +463,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file: resumed from if it exists")
     p.add_argument("--max-train-tokens", type=int, default=None)
     p.add_argument("--name", default=None, help="results/<name>.json (default: from the settings)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this long with a checkpoint (exit 3); run the same command again to resume")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this long with a checkpoint (exit 3); run the same command again to resume",
+    )
     p.set_defaults(func=_cli_train)
 
 
 def _cli_train(args) -> int:
     from fpcore.data import load_corpus
 
-    overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, max_train_tokens=args.max_train_tokens).items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(epochs=args.epochs, lr=args.lr, max_train_tokens=args.max_train_tokens).items()
+        if v is not None
+    }
     name = args.name or run_name(args.dataset, args.preset, args.cell, args.method, args.iters, args.stable)
-    cfg = TrainConfig.preset(args.preset, dataset=args.dataset, cell=args.cell, method=args.method, iters=args.iters,
-                             stable=args.stable, optimizer=args.optimizer, seed=args.seed, checkpoint=args.checkpoint,
-                             record_name=name, **overrides)
+    cfg = TrainConfig.preset(
+        args.preset,
+        dataset=args.dataset,
+        cell=args.cell,
+        method=args.method,
+        iters=args.iters,
+        stable=args.stable,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        record_name=name,
+        **overrides,
+    )
     corpus = load_corpus(args.dataset)
     if args.max_minutes is not None and cfg.checkpoint is None:
         cfg.checkpoint = str(Path("checkpoints") / f"{name}.pt")
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     record = fit(build_model(cfg, corpus.vocab_size), corpus, cfg, max_seconds=max_seconds)
     if record and not record.get("finished", True):
-        print(f"paused at epoch {record['epoch']}, window {record['window']}; checkpoint {record['checkpoint']}: "
-              "run the same command again to resume")
+        print(
+            f"paused at epoch {record['epoch']}, window {record['window']}; checkpoint {record['checkpoint']}: "
+            "run the same command again to resume"
+        )
         return 3
     if record:
-        print(json.dumps({k: record[k] for k in ("valid_ppl", "test_ppl", "tokens_per_s", "wall_time_s", "path")
-                          if k in record}, indent=2))
+        print(
+            json.dumps(
+                {k: record[k] for k in ("valid_ppl", "test_ppl", "tokens_per_s", "wall_time_s", "path") if k in record},
+                indent=2,
+            )
+        )
     return 0

@@ -1,4 +1,5 @@
 """Plots and widgets shared by the notebooks (each notebook's own figures live beside their logic)."""
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,13 @@ def plot_truncation(curves: dict, ax=None):
         color = f"C{i}"
         ax.semilogy(res["k"], res["error"].clamp_min(1e-16), "o-", ms=3, color=color, label=label)
         if lam is not None and lam < 1:
-            ax.semilogy(res["k"], lam ** res["k"].double() * res["scale"], "--", color=color,
-                        label=rf"bound $\lambda^k \max\|h\|$, $\lambda$={lam:.2f}")
+            ax.semilogy(
+                res["k"],
+                lam ** res["k"].double() * res["scale"],
+                "--",
+                color=color,
+                label=rf"bound $\lambda^k \max\|h\|$, $\lambda$={lam:.2f}",
+            )
     ax.set(xlabel="window k", ylabel=r"$\max_t \|h_t - h_t^{(k)}\|_2$", title="truncated vs recurrent")
     ax.legend(fontsize=8)
     return ax
@@ -65,8 +71,12 @@ def plot_twins(histories: dict, ax=None):
     ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
     for label, h in histories.items():
         ax.plot(h.steps, h.distance, label=label, ls="-" if "stable" in label and "unstable" not in label else ":")
-    ax.set(xlabel="SGD step", ylabel=r"$\|\theta_{rec} - \theta_{trunc}\|_2$", yscale="log",
-           title="training: recurrent vs truncated twin")
+    ax.set(
+        xlabel="SGD step",
+        ylabel=r"$\|\theta_{rec} - \theta_{trunc}\|_2$",
+        yscale="log",
+        title="training: recurrent vs truncated twin",
+    )
     ax.legend(fontsize=7, ncol=2)
     return ax
 
@@ -78,11 +88,18 @@ def plot_contraction(norms_by_k: dict, ax=None):
     ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
     for k, n in norms_by_k.items():
         frac = float((n < 1).double().mean())
-        ax.hist(n.double().clamp_min(1e-30).log10().flatten().numpy(), bins=40, alpha=0.6,
-                label=f"k={k}: {frac:.0%} contractive")
+        ax.hist(
+            n.double().clamp_min(1e-30).log10().flatten().numpy(),
+            bins=40,
+            alpha=0.6,
+            label=f"k={k}: {frac:.0%} contractive",
+        )
     ax.axvline(0.0, color="k", ls=":")
-    ax.set(xlabel=r"$\log_{10}\|\partial h_t / \partial h_{t-k}\|_2$", ylabel="(t, batch) pairs",
-           title="data-dependent stability")
+    ax.set(
+        xlabel=r"$\log_{10}\|\partial h_t / \partial h_{t-k}\|_2$",
+        ylabel="(t, batch) pairs",
+        title="data-dependent stability",
+    )
     ax.legend(fontsize=8)
     return ax
 
@@ -116,6 +133,8 @@ def truncation_explorer(hidden: int = 32, length: int = 60, seed: int = 0):
         a2.legend(fontsize=8)
         plt.show()
 
-    return widgets.interactive(show, lam=widgets.FloatSlider(value=0.8, min=0.2, max=2.0, step=0.05,
-                                                             description="λ = ||W||₂"),
-                               k=widgets.IntSlider(value=5, min=1, max=length, description="window k"))
+    return widgets.interactive(
+        show,
+        lam=widgets.FloatSlider(value=0.8, min=0.2, max=2.0, step=0.05, description="λ = ||W||₂"),
+        k=widgets.IntSlider(value=5, min=1, max=length, description="window k"),
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures and markers for the fpcore test suite."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """fpcore.bench: the CLI command, the suite registry, the shared helpers, a tiny scan sweep end to end."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,16 @@ def test_help_lists_the_scan_suite():
     assert run.returncode == 0 and "--log2-t" in run.stdout and "--full" in run.stdout
 
 
-@pytest.mark.parametrize("args", [["bench"], ["bench", "nosuchsuite"], ["bench", "scan", "--shapes", "8"],
-                                  ["bench", "scan", "--log2-t", "20:10"], ["bench", "scan", "--providers", "nope"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench"],
+        ["bench", "nosuchsuite"],
+        ["bench", "scan", "--shapes", "8"],
+        ["bench", "scan", "--log2-t", "20:10"],
+        ["bench", "scan", "--providers", "nope"],
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(args, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(args)
@@ -58,9 +67,27 @@ def test_helpers():
 
 def test_tiny_scan_sweep_writes_json_and_png(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path))
-    code = cli.main(["bench", "scan", "--device", "cpu", "--shapes", "2x8", "--log2-t", "5:6", "--repeat", "1",
-                     "--warmup", "1", "--providers", "loop,torch,numba,cupy", "--no-progress", "--name",
-                     "scan_test"])
+    code = cli.main(
+        [
+            "bench",
+            "scan",
+            "--device",
+            "cpu",
+            "--shapes",
+            "2x8",
+            "--log2-t",
+            "5:6",
+            "--repeat",
+            "1",
+            "--warmup",
+            "1",
+            "--providers",
+            "loop,torch,numba,cupy",
+            "--no-progress",
+            "--name",
+            "scan_test",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "membound:addcmul" in out and "not run: cupy" in out

@@ -1,5 +1,6 @@
 """Block Jacobi: Jacobi at L = 1, the loop at L = T, exact block by block, paper B's truncation in its
 first sweep, an exact residual from the block starts alone, and the stopping rule that uses it."""
+
 from __future__ import annotations
 
 import math
@@ -119,14 +120,17 @@ def test_a_stable_cell_converges_in_one_or_two_sweeps_and_stops_on_the_residual(
     assert res.residuals[-1] > 1e-5
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(method="block_jacobi", block=0),
-    dict(method="block_jacobi", block=2.5),
-    dict(method="block_jacobi", block=True),
-    dict(method="block_jacobi", overlap=-1),
-    dict(method="jacobi", block=4),
-    dict(method="newton", overlap=2),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(method="block_jacobi", block=0),
+        dict(method="block_jacobi", block=2.5),
+        dict(method="block_jacobi", block=True),
+        dict(method="block_jacobi", overlap=-1),
+        dict(method="jacobi", block=4),
+        dict(method="newton", overlap=2),
+    ],
+)
 def test_bad_block_settings_raise_value_error(kwargs):
     with pytest.raises(ValueError, match="block|overlap"):
         solve(cells.from_torch(make("gru")), torch.randn(2, 8, 3, dtype=F64), **kwargs)

@@ -1,4 +1,5 @@
 """fpcore.cells: step functions equal torch.nn, closed-form Jacobians equal torch.func, references."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,9 @@ def test_closed_form_jacobians_equal_torch_func(kind, bias):
     J_ref = jacobian_autograd(cell, s, u)
     assert J_ref.shape == (B, T, cell.state_size, cell.state_size)
     torch.testing.assert_close(cell.jacobian(s, u), J_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(cell.jacobian_diag(s, u), torch.diagonal(J_ref, dim1=-2, dim2=-1),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        cell.jacobian_diag(s, u), torch.diagonal(J_ref, dim1=-2, dim2=-1), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("kind", ["tanh", "relu", "gru", "lstm"])
@@ -116,17 +118,20 @@ def test_from_torch_cell_modules_and_layer_choice():
     assert cells.from_torch(nn.LSTMCell(4, 6)).state_size == 12
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: cells.from_torch(nn.Linear(3, 4)),
-    lambda: cells.from_torch(nn.GRU(3, 4, bidirectional=True)),
-    lambda: cells.from_torch(nn.LSTM(3, 4, proj_size=2)),
-    lambda: cells.from_torch(nn.GRU(3, 4, num_layers=2), layer=2),
-    lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5)),
-    lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5, 7)),
-    lambda: cells.from_torch(nn.GRU(3, 4)).initial_state(torch.randn(3, 4), 2),
-    lambda: cells.from_torch(nn.LSTM(3, 4)).initial_state((torch.randn(2, 4),), 2),
-    lambda: cells.truncated(cells.from_torch(nn.GRU(3, 4)), torch.randn(1, 5, 3), 0),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: cells.from_torch(nn.Linear(3, 4)),
+        lambda: cells.from_torch(nn.GRU(3, 4, bidirectional=True)),
+        lambda: cells.from_torch(nn.LSTM(3, 4, proj_size=2)),
+        lambda: cells.from_torch(nn.GRU(3, 4, num_layers=2), layer=2),
+        lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5)),
+        lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5, 7)),
+        lambda: cells.from_torch(nn.GRU(3, 4)).initial_state(torch.randn(3, 4), 2),
+        lambda: cells.from_torch(nn.LSTM(3, 4)).initial_state((torch.randn(2, 4),), 2),
+        lambda: cells.truncated(cells.from_torch(nn.GRU(3, 4)), torch.randn(1, 5, 3), 0),
+    ],
+)
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
         bad()

@@ -1,4 +1,5 @@
 """The command line: --help, the data command, and one-line errors with exit status 2 (or 1)."""
+
 from __future__ import annotations
 
 import subprocess

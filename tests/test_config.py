@@ -1,4 +1,5 @@
 """fpcore.config: the profile switch, device choice and seeding."""
+
 from __future__ import annotations
 
 import random

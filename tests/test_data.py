@@ -1,4 +1,5 @@
 """fpcore.data: exact corpus figures, root resolution, every bad-input case, downloads, batching."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from fpcore import data
-from fpcore.data import DataError, FileSpec, CorpusSpec, LMBatches, batchify, load_corpus
+from fpcore.data import CorpusSpec, DataError, FileSpec, LMBatches, batchify, load_corpus
 
 needs_shared = pytest.mark.skipif(
     not (data.SHARED_DATA / "ptb" / "train.txt").exists(),
@@ -180,8 +181,11 @@ def test_file_replaced_on_disk_is_read_again(tiny):
 
 
 def test_original_file_names_are_accepted(tmp_path):
-    spec = _spec_for(tmp_path / "a", {"train": TRAIN.encode() + b" a\n", "valid": VALID.encode(), "test": TEST.encode()},
-                     aliases=True)
+    spec = _spec_for(
+        tmp_path / "a",
+        {"train": TRAIN.encode() + b" a\n", "valid": VALID.encode(), "test": TEST.encode()},
+        aliases=True,
+    )
     for split in ("train", "valid", "test"):  # move tiny/train.txt -> tiny/tiny.train.txt
         src = tmp_path / "a" / "tiny" / f"{split}.txt"
         src.rename(src.parent / f"tiny.{split}.txt")

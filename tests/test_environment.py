@@ -1,4 +1,5 @@
 """The set-up files agree with each other, and a machine without CUDA gets the CPU build of torch."""
+
 from __future__ import annotations
 
 import re
@@ -58,14 +59,20 @@ def test_setup_pins_cpu_torch_before_installing_the_package_without_cuda(tmp_pat
     """`make setup` on a machine without CUDA installs torch==2.13.0 first, then fpcore (dry run)."""
     out = subprocess.run(
         ["make", "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}", "HAS_CUDA="],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     lines = out.splitlines()
     torch_line = next(i for i, ln in enumerate(lines) if '"torch==2.13.0"' in ln)
-    package_line = next(i for i, ln in enumerate(lines) if "-e \".[test]\"" in ln)
+    package_line = next(i for i, ln in enumerate(lines) if '-e ".[test]"' in ln)
     assert torch_line < package_line
     with_cuda = subprocess.run(
         ["make", "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}", "HAS_CUDA=1"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert "torch==2.13.0" not in with_cuda and "-e \".[test,gpu]\"" in with_cuda
+    assert "torch==2.13.0" not in with_cuda and '-e ".[test,gpu]"' in with_cuda

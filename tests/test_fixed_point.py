@@ -1,4 +1,5 @@
 """fpcore.fixed_point.solve: every method equals torch.nn; Jacobi's Markov orders; divergence; bad input."""
+
 from __future__ import annotations
 
 import warnings
@@ -173,32 +174,38 @@ def test_grad_none_runs_without_a_graph():
     assert not res.outputs.requires_grad
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(method="gauss_seidel"),
-    dict(method="jacobi", iters=0),
-    dict(method="jacobi", iters=2.5),
-    dict(method="jacobi", iters=True),
-    dict(method="jacobi", tol=-1.0),
-    dict(method="jacobi", tol=float("nan")),
-    dict(method="jacobi", grad="adjoint"),
-    dict(method="jacobi", adjoint="magic"),
-    dict(method="jacobi", init=torch.zeros(2, 5, 4)),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(method="gauss_seidel"),
+        dict(method="jacobi", iters=0),
+        dict(method="jacobi", iters=2.5),
+        dict(method="jacobi", iters=True),
+        dict(method="jacobi", tol=-1.0),
+        dict(method="jacobi", tol=float("nan")),
+        dict(method="jacobi", grad="adjoint"),
+        dict(method="jacobi", adjoint="magic"),
+        dict(method="jacobi", init=torch.zeros(2, 5, 4)),
+    ],
+)
 def test_bad_arguments_raise_value_error(kwargs):
     cell = cells.from_torch(make("gru"))
     with pytest.raises(ValueError):
         solve(cell, torch.randn(2, 8, 3), **kwargs)
 
 
-@pytest.mark.parametrize("x, h0", [
-    (torch.randn(8, 3), None),  # not [B, T, D]
-    (torch.randn(2, 8, 5), None),  # wrong D
-    (torch.randn(2, 0, 3), None),  # T = 0
-    (torch.randint(0, 3, (2, 8, 3)), None),  # integers
-    (torch.randn(2, 8, 3), torch.randn(3, 6)),  # wrong B in h0
-    (torch.randn(2, 8, 3), torch.randn(2, 7)),  # wrong H in h0
-    (torch.randn(2, 8, 3, dtype=F64), None),  # float64 x, float32 weights
-])
+@pytest.mark.parametrize(
+    "x, h0",
+    [
+        (torch.randn(8, 3), None),  # not [B, T, D]
+        (torch.randn(2, 8, 5), None),  # wrong D
+        (torch.randn(2, 0, 3), None),  # T = 0
+        (torch.randint(0, 3, (2, 8, 3)), None),  # integers
+        (torch.randn(2, 8, 3), torch.randn(3, 6)),  # wrong B in h0
+        (torch.randn(2, 8, 3), torch.randn(2, 7)),  # wrong H in h0
+        (torch.randn(2, 8, 3, dtype=F64), None),  # float64 x, float32 weights
+    ],
+)
 def test_bad_shapes_raise_value_error(x, h0):
     with pytest.raises(ValueError):
         solve(cells.from_torch(make("gru")), x, h0, method="jacobi")

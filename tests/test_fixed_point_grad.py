@@ -1,4 +1,5 @@
 """Gradients of fixed-point solutions: implicit (adjoint) = BPTT; unrolled = autograd through the loop."""
+
 from __future__ import annotations
 
 import pytest

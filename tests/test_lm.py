@@ -1,4 +1,5 @@
 """The language model's evaluation methods and the trainer: equivalences, learning, exact resume, DDP."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,13 @@ def markov_corpus(vocab: int = 12, n: int = 6000, seed: int = 0) -> Corpus:
     for _ in range(n - 1):
         ids.append(int(torch.multinomial(P[ids[-1]], 1, generator=gen)))
     ids = torch.tensor(ids)
-    return Corpus("markov", [f"w{i}" for i in range(vocab - 1)] + ["<eos>"], ids[: n * 8 // 10],
-                  ids[n * 8 // 10: n * 9 // 10], ids[n * 9 // 10:])
+    return Corpus(
+        "markov",
+        [f"w{i}" for i in range(vocab - 1)] + ["<eos>"],
+        ids[: n * 8 // 10],
+        ids[n * 8 // 10 : n * 9 // 10],
+        ids[n * 9 // 10 :],
+    )
 
 
 def _twin(method, iters=None, cell="lstm", layers=2, seed=0):
@@ -102,8 +108,18 @@ def test_presets_and_schedule():
 def _tiny_cfg(**kw):
     # lr 0.3 on a loss summed over 10 steps; from about 1 the tiny model's training turns chaotic, and a
     # float-rounding difference (one process against two) grows into a different model
-    base = dict(hidden=16, layers=1, bptt=10, batch_size=4, eval_batch_size=4, epochs=3, lr=0.3, decay_after=2,
-                progress=False, checkpoint_every=5)
+    base = dict(
+        hidden=16,
+        layers=1,
+        bptt=10,
+        batch_size=4,
+        eval_batch_size=4,
+        epochs=3,
+        lr=0.3,
+        decay_after=2,
+        progress=False,
+        checkpoint_every=5,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -142,8 +158,9 @@ print(json.dumps({{"valid": record["valid_ppl"], "test": record["test_ppl"]}}))
 def _run(tmp_path, name, ckpt):
     script = tmp_path / f"{name}.py"
     script.write_text(textwrap.dedent(_RUN.format(root=str(ROOT), ckpt=str(ckpt))))
-    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "FPCORE_DEVICE": "cpu"})
+    return subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "FPCORE_DEVICE": "cpu"}
+    )
 
 
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
@@ -202,8 +219,13 @@ def test_torchrun_data_parallel_on_two_cpu_processes_matches_one(tmp_path):
     env = {**os.environ, "FPCORE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)], capture_output=True, text=True, env=env, timeout=300)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = json.loads(single.stdout.strip().splitlines()[-1])
     two = json.loads(ddp.stdout.strip().splitlines()[-1])
@@ -227,7 +249,8 @@ def test_smallest_truncation_and_contraction_of_a_trained_model():
     # a long enough window is the recurrent model itself
     long = experiments.with_method(model, "truncated", 400)
     assert evaluate(long, corpus.valid[:400], batch_size=1, bptt=400) == pytest.approx(
-        evaluate(model, corpus.valid[:400], batch_size=1, bptt=400), rel=1e-5)
+        evaluate(model, corpus.valid[:400], batch_size=1, bptt=400), rel=1e-5
+    )
     norms = experiments.lm_contraction(model, corpus.valid, k=2, windows=4, length=20)
     assert len(norms) == 1 and norms[0].shape == (4, 19) and bool((norms[0] >= 0).all())
 
@@ -260,9 +283,16 @@ def test_run_grid_spends_a_budget_pauses_and_skips_finished_runs(tmp_path, monke
     monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.chdir(tmp_path)  # checkpoints/ lands here
     corpus = markov_corpus()
-    grid = [_tiny_cfg(epochs=1, method=m, iters=k, record_name=run_name("markov", "tiny", "lstm", m, k),
-                      checkpoint=str(tmp_path / "checkpoints" / f"{run_name('markov', 'tiny', 'lstm', m, k)}.pt"))
-            for m, k in (("bptt", None), ("jacobi", 2))]
+    grid = [
+        _tiny_cfg(
+            epochs=1,
+            method=m,
+            iters=k,
+            record_name=run_name("markov", "tiny", "lstm", m, k),
+            checkpoint=str(tmp_path / "checkpoints" / f"{run_name('markov', 'tiny', 'lstm', m, k)}.pt"),
+        )
+        for m, k in (("bptt", None), ("jacobi", 2))
+    ]
     assert grid[1].record_name == "lm_markov_tiny_lstm_jacobi_k2_quick"
     calls, records = 0, [{"finished": False}]
     while not all(r.get("finished", True) for r in records) or len(records) < len(grid):
@@ -278,7 +308,9 @@ def test_run_grid_spends_a_budget_pauses_and_skips_finished_runs(tmp_path, monke
     ana = experiments.analyse_run(grid[0].record_name, corpus, eval_tokens=300, ks=(1, 2, 4, 64))
     assert ana["truncation"]["recurrent_ppl"] > 1 and len(ana["contraction"]) == grid[0].layers
     fp = ana["fixed_point"]["ppl"]
-    assert fp["newton"] == pytest.approx(fp["bptt"], rel=1e-4) and fp["quasi_newton"] == pytest.approx(fp["bptt"], rel=1e-4)
+    assert fp["newton"] == pytest.approx(fp["bptt"], rel=1e-4) and fp["quasi_newton"] == pytest.approx(
+        fp["bptt"], rel=1e-4
+    )
     assert (tmp_path / "results" / f"analysis_{grid[0].record_name}.json").exists()
     assert experiments.analyses("markov")[0]["run"] == grid[0].record_name
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -292,10 +324,16 @@ def _rec(config="small", method="bptt", iters=None, cell="lstm", stable=False, t
 def test_claims_read_the_smallest_k_and_the_stability_gap_off_the_records():
     from fpcore import experiments
 
-    rows = [_rec(test_ppl=100.0), _rec(method="jacobi", iters=1, test_ppl=110.0),
-            _rec(method="jacobi", iters=4, test_ppl=102.9), _rec(method="jacobi", iters=8, test_ppl=101.0),
-            _rec(stable=True, test_ppl=104.0), _rec(cell="rnn", test_ppl=150.0),
-            _rec(cell="rnn", stable=True, test_ppl=160.0), _rec(config="medium", method="jacobi", iters=2)]
+    rows = [
+        _rec(test_ppl=100.0),
+        _rec(method="jacobi", iters=1, test_ppl=110.0),
+        _rec(method="jacobi", iters=4, test_ppl=102.9),
+        _rec(method="jacobi", iters=8, test_ppl=101.0),
+        _rec(stable=True, test_ppl=104.0),
+        _rec(cell="rnn", test_ppl=150.0),
+        _rec(cell="rnn", stable=True, test_ppl=160.0),
+        _rec(config="medium", method="jacobi", iters=2),
+    ]
     lines = experiments.claims(rows)
     assert lines[0] == "small: paper A: jacobi-k within +3% of BPTT (100.0): smallest k = 4 (k tried: [1, 4, 8])"
     assert lines[1].startswith("small: paper B: stable lstm 104.00 vs unstable 100.00 (+4.0%; within 5%: yes")
@@ -308,10 +346,16 @@ def test_format_analyses_shows_the_smallest_window_or_that_none_was_close():
     from fpcore import experiments
 
     layer = dict(median=0.5, p90=0.8, p99=0.9, max=1.2, frac_above_1=0.01)
-    found = dict(run="lm_ptb_small_lstm_bptt_full", contraction=[layer, layer],
-                 truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "2": 121.0}, smallest_k=2))
-    none = dict(run="lm_ptb_small_rnn_bptt_full", contraction=[layer],
-                truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "64": 130.0}, smallest_k=None))
+    found = dict(
+        run="lm_ptb_small_lstm_bptt_full",
+        contraction=[layer, layer],
+        truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "2": 121.0}, smallest_k=2),
+    )
+    none = dict(
+        run="lm_ptb_small_rnn_bptt_full",
+        contraction=[layer],
+        truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "64": 130.0}, smallest_k=None),
+    )
     table = experiments.format_analyses([found, none])
     assert "| lm_ptb_small_lstm_bptt_full | 120.00 | 2 | 121.00 | 0.50 / 0.80 / 1.20; 0.50 / 0.80 / 1.20 |" in table
     assert "| lm_ptb_small_rnn_bptt_full | 120.00 | > 64 | nan |" in table
@@ -326,11 +370,20 @@ def test_the_loss_is_summed_over_time_like_zarembas():
     """lr on the window-summed loss equals lr x bptt on the per-token mean (no clipping, whole windows)."""
     corpus = markov_corpus()
     assert (len(corpus.train) // 4 - 1) % 11 == 0, "every window holds 11 steps"
-    summed = fit(build_model(_tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1), corpus.vocab_size), corpus,
-                 _tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1))
-    mean = fit(build_model(_tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=1.1, sum_over_time=False), corpus.vocab_size),
-               corpus, _tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=1.1, sum_over_time=False))
+    summed = fit(
+        build_model(_tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1), corpus.vocab_size),
+        corpus,
+        _tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1),
+    )
+    mean = fit(
+        build_model(_tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=1.1, sum_over_time=False), corpus.vocab_size),
+        corpus,
+        _tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=1.1, sum_over_time=False),
+    )
     assert summed["valid_ppl"] == pytest.approx(mean["valid_ppl"], rel=1e-6)
-    plain = fit(build_model(_tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1, sum_over_time=False), corpus.vocab_size),
-                corpus, _tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1, sum_over_time=False))
+    plain = fit(
+        build_model(_tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1, sum_over_time=False), corpus.vocab_size),
+        corpus,
+        _tiny_cfg(epochs=1, bptt=11, clip=0.0, lr=0.1, sum_over_time=False),
+    )
     assert plain["valid_ppl"] > summed["valid_ppl"] * 1.02, "the per-token mean at the same lr learns slower"

@@ -1,4 +1,5 @@
 """Training on the long-dependency task: converges on a tiny T, resumes exactly, records every field."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,20 @@ from fpcore import cli
 from fpcore.longdep import LongDepConfig, LongDepNet, load_records, records_table, train_longdep
 from fpcore.tasks import dense_inputs, sign_batch
 
-REQUIRED = ("model", "seq_len", "hidden", "layers", "batch", "iterations", "wall_time_s", "converged", "device",
-            "peak_mem_bytes", "torch_version", "commit")
+REQUIRED = (
+    "model",
+    "seq_len",
+    "hidden",
+    "layers",
+    "batch",
+    "iterations",
+    "wall_time_s",
+    "converged",
+    "device",
+    "peak_mem_bytes",
+    "torch_version",
+    "commit",
+)
 TINY = dict(seq_len=32, hidden=8, layers=1, batch=8, embed=8, lr=3e-2, progress=False, threads=1)
 
 
@@ -34,8 +47,9 @@ def test_threads_hold_during_a_run_and_are_restored_after(monkeypatch):
     import fpcore.longdep as ld
 
     seen, forward = [], ld.LongDepNet.forward
-    monkeypatch.setattr(ld.LongDepNet, "forward",
-                        lambda self, s: seen.append(torch.get_num_threads()) or forward(self, s))
+    monkeypatch.setattr(
+        ld.LongDepNet, "forward", lambda self, s: seen.append(torch.get_num_threads()) or forward(self, s)
+    )
     before = torch.get_num_threads()
     train_longdep(LongDepConfig(max_iters=3, save=False, device="cpu", **TINY))
     assert seen == [1, 1, 1]  # even after the first scan starts Numba's thread pool
@@ -78,11 +92,19 @@ def test_model_reads_the_lookup_inputs_like_dense_one_hots():
     torch.testing.assert_close(net(symbols), net.head(y[:, -1]).squeeze(-1))
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(model="gru"), "model"), (dict(seq_len=1), "seq_len"), (dict(seq_len=2**20 + 1), "seq_len"),
-    (dict(hidden=0), "hidden"), (dict(threads=0), "threads"), (dict(lr=0.0), "lr"), (dict(init="xavier"), "init"),
-    (dict(resume=True), "checkpoint"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(model="gru"), "model"),
+        (dict(seq_len=1), "seq_len"),
+        (dict(seq_len=2**20 + 1), "seq_len"),
+        (dict(hidden=0), "hidden"),
+        (dict(threads=0), "threads"),
+        (dict(lr=0.0), "lr"),
+        (dict(init="xavier"), "init"),
+        (dict(resume=True), "checkpoint"),
+    ],
+)
 def test_bad_config_raises_value_error(kw, match):
     with pytest.raises(ValueError, match=match):
         train_longdep(LongDepConfig(**{**TINY, **kw}))
@@ -95,13 +117,41 @@ def test_records_table_lists_recorded_runs(tmp_path):
 
 
 def test_cli_trains_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
-    rc = cli.main(["longdep", "--seq-len", "32", "--hidden", "8", "--layers", "1", "--batch", "8", "--embed", "8",
-                   "--lr", "0.03", "--max-iters", "400", "--device", "cpu", "--no-progress", "--threads", "1",
-                   "--results-dir", str(tmp_path)])
+    rc = cli.main(
+        [
+            "longdep",
+            "--seq-len",
+            "32",
+            "--hidden",
+            "8",
+            "--layers",
+            "1",
+            "--batch",
+            "8",
+            "--embed",
+            "8",
+            "--lr",
+            "0.03",
+            "--max-iters",
+            "400",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "converged after" in out and (tmp_path / "longdep_gilr-lstm_T32_h8x1_s0.json").exists()
-    for argv in (["longdep", "--seq-len", "0"], ["longdep", "--model", "gru"], ["longdep", "--resume"],
-                 ["longdep", "--seq-len", str(2**20 + 1)], ["longdep", "--lr", "-1"]):
+    for argv in (
+        ["longdep", "--seq-len", "0"],
+        ["longdep", "--model", "gru"],
+        ["longdep", "--resume"],
+        ["longdep", "--seq-len", str(2**20 + 1)],
+        ["longdep", "--lr", "-1"],
+    ):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         err = capsys.readouterr().err
@@ -113,8 +163,15 @@ def test_targets_are_read_off_recorded_runs():
 
     def rec(model, T, secs, ok=True):
         return {"model": model, "seq_len": T, "wall_time_s": secs, "converged": ok}
-    t = targets([rec("gilr-lstm", 8192, 100.0), rec("gilr-lstm", 8192, 50.0), rec("lstm", 8192, 400.0, ok=False),
-                 rec("gilr-lstm", 2**20, 700.0)])
+
+    t = targets(
+        [
+            rec("gilr-lstm", 8192, 100.0),
+            rec("gilr-lstm", 8192, 50.0),
+            rec("lstm", 8192, 400.0, ok=False),
+            rec("gilr-lstm", 2**20, 700.0),
+        ]
+    )
     assert t["T8192_lstm_over_gilr_lstm_wall_time"]["value"] == 8.0 and t["T8192_lstm_over_gilr_lstm_wall_time"]["met"]
     assert t["T8192_lstm_over_gilr_lstm_wall_time"]["lstm_converged"] is False
     assert t["T1048576_gilr_lstm_wall_time_s"] == {"value": 700.0, "target": 600.0, "met": False}
@@ -127,6 +184,11 @@ def test_profile_configs_are_valid_and_the_quick_one_is_cpu_sized():
     quick, full = paper_configs(quick=True), paper_configs(quick=False)
     assert all(c.validate() for c in quick + full)
     assert len(quick) == 1 and quick[0].seq_len <= 4096 and quick[0].model == "gilr-lstm"
-    assert {(c.model, c.seq_len) for c in full} == {("gilr-lstm", 1024), ("lstm", 1024), ("gilr-lstm", 8192),
-                                                     ("lstm", 8192), ("gilr-lstm", 2**20)}
+    assert {(c.model, c.seq_len) for c in full} == {
+        ("gilr-lstm", 1024),
+        ("lstm", 1024),
+        ("gilr-lstm", 8192),
+        ("lstm", 8192),
+        ("gilr-lstm", 2**20),
+    }
     assert all((c.hidden, c.layers) == (512, 2) for c in full if c.seq_len <= 8192)  # paper C's size

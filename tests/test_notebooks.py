@@ -1,4 +1,5 @@
 """Notebook hygiene (nbval runs the notebooks themselves): committed clean, and each follows the series' shape."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,11 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_committed_without_outputs(path):
     nb = json.loads(path.read_text())
-    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    dirty = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
     assert not dirty, f"{path.name}: cells {dirty} hold outputs; run python tools/nbtool.py strip {path}"
 
 

@@ -1,4 +1,5 @@
 """fpcore.results: every record carries hardware, versions and commit, and is written atomically."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,13 +39,27 @@ def test_readme_results_section_is_generated_from_results():
 def test_results_section_lists_lm_runs_and_targets(tmp_path):
     from fpcore import report
 
-    row = dict(dataset="ptb", config="small", method="jacobi", iters=4, cell="lstm", hidden=200, layers=2,
-               epochs=13, stable=False, valid_ppl=120.5, test_ppl=116.25, tokens_per_s=12345.0, profile="full",
-               device="NVIDIA H100")
+    row = dict(
+        dataset="ptb",
+        config="small",
+        method="jacobi",
+        iters=4,
+        cell="lstm",
+        hidden=200,
+        layers=2,
+        epochs=13,
+        stable=False,
+        valid_ppl=120.5,
+        test_ppl=116.25,
+        tokens_per_s=12345.0,
+        profile="full",
+        device="NVIDIA H100",
+    )
     results.save_json("lm_ptb_small_lstm_jacobi_k4", row, directory=tmp_path)
     results.save_json("lm_ptb_quick", {**row, "profile": "quick"}, directory=tmp_path)  # quick runs stay out
-    results.save_json("bench", {"targets": {"fwd_x_copy": {"value": 1.1, "target": 1.25, "met": True}}},
-                      directory=tmp_path)
+    results.save_json(
+        "bench", {"targets": {"fwd_x_copy": {"value": 1.1, "target": 1.25, "met": True}}}, directory=tmp_path
+    )
     text = report.section(tmp_path)
     assert "| small | jacobi | 4 |  | 120.5 | 116.2 | 12,345 | NVIDIA H100 |" in text
     assert text.count("| small |") == 1

@@ -3,6 +3,7 @@
 Oracle: :func:`fpcore.scan.ref.loop` in float64 on the inputs *as rounded to the tested dtype*, so the
 tolerance measures the backend's accumulation and output rounding, not the input rounding.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,7 +46,7 @@ def _inputs(seed: int, T: int, gates: str, dtype, device="cpu"):
     return a.to(dtype).to(device), b.to(dtype).to(device), h0.to(dtype).to(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _oracle(seed: int, T: int, gates: str, dtype, use_h0: bool, reverse: bool):
     a, b, h0 = _inputs(seed, T, gates, dtype)
     return ref.loop(a.double(), b.double(), h0.double() if use_h0 else None, reverse=reverse)
@@ -65,8 +66,11 @@ def _skip_slow(backend: str, T: int, dtype, seed: int):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("T", LENGTHS)
-@pytest.mark.parametrize("dtype, seed", [(d, s) for d in DTYPES for s in range(4 if d.itemsize > 2 else 2)],
-                         ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype, seed",
+    [(d, s) for d in DTYPES for s in range(4 if d.itemsize > 2 else 2)],
+    ids=lambda v: str(v).replace("torch.", ""),
+)
 @pytest.mark.parametrize("gates", ["mixed", "near_one"])
 def test_forward_matches_loop(backend, T, dtype, seed, gates):
     _skip_slow(backend, T, dtype, seed)
@@ -203,8 +207,10 @@ def test_public_export_and_registry():
 
 def test_import_is_light():
     """Importing fpcore and fpcore.scan imports neither Numba nor CuPy, so nothing compiles."""
-    code = ("import sys, fpcore, fpcore.scan; fpcore.linear_scan; "
-            "print(int('numba' in sys.modules), int('cupy' in sys.modules))")
+    code = (
+        "import sys, fpcore, fpcore.scan; fpcore.linear_scan; "
+        "print(int('numba' in sys.modules), int('cupy' in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "0"]
 
@@ -222,8 +228,10 @@ def test_tree_scans_record_their_steps():
 
 def test_associative_operator():
     g = torch.Generator().manual_seed(0)
-    x, y, z = [(torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64))
-               for _ in range(3)]
+    x, y, z = [
+        (torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64))
+        for _ in range(3)
+    ]
     left = ref.combine(ref.combine(x, y), z)
     right = ref.combine(x, ref.combine(y, z))
     assert_close(left, right)
@@ -290,8 +298,11 @@ def test_cuda_source_compiles_with_nvcc(tmp_path, arch):
     from fpcore.scan import cupy_backend
 
     ptx = tmp_path / f"scan_{arch}.ptx"
-    run = subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-Werror", "all-warnings", "-o", str(ptx),
-                          str(cupy_backend.SOURCE)], capture_output=True, text=True)
+    run = subprocess.run(
+        ["nvcc", "--ptx", f"-arch={arch}", "-Werror", "all-warnings", "-o", str(ptx), str(cupy_backend.SOURCE)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     text = ptx.read_text()
     for suffix in ("f32", "f64", "f16", "bf16"):
@@ -300,8 +311,9 @@ def test_cuda_source_compiles_with_nvcc(tmp_path, arch):
     assert f"#define FPCORE_W {cupy_backend.W}" in src and f"#define FPCORE_L {cupy_backend.L}" in src
 
 
-@pytest.mark.parametrize("B, T, D, sms", [(8, 65536, 1536, 132), (1, 1 << 20, 16, 132), (1, 7, 3, 132),
-                                          (4, 33753, 64, 15)])
+@pytest.mark.parametrize(
+    "B, T, D, sms", [(8, 65536, 1536, 132), (1, 1 << 20, 16, 132), (1, 7, 3, 132), (4, 33753, 64, 15)]
+)
 def test_cupy_launch_config_covers_T(B, T, D, sms):
     from fpcore.scan import cupy_backend
 

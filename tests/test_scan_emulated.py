@@ -7,6 +7,7 @@ std::thread, ``__syncthreads`` is a std::barrier and ``__shared__`` is a static 
 (blocks run one after another). Results are compared with the loop. This cannot catch GPU-only
 problems (memory coalescing, NVRTC quirks, streams); those are the GPU tests' job.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -83,8 +84,11 @@ def lib(tmp_path_factory):
     d = tmp_path_factory.mktemp("emu")
     (d / "emu.cpp").write_text(SHIM.replace("SOURCE", str(cupy_backend.SOURCE)))
     so = d / "emu.so"
-    run = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++",
-                          str(d / "emu.cpp"), "-o", str(so)], capture_output=True, text=True)
+    run = subprocess.run(
+        ["g++", "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++", str(d / "emu.cpp"), "-o", str(so)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return ctypes.CDLL(str(so))
 
@@ -106,21 +110,48 @@ def _launch(lib, a, b, h0, *, reverse, shifted, sm_count, hf=None, hb=None, want
     ll, i = ctypes.c_longlong, ctypes.c_int
     gx, gy = ctypes.c_uint(B * -(-D // 32)), ctypes.c_uint(groups)
     if groups > 1:
-        getattr(lib, f"emu_reduce_{suffix}")(gx, gy, ptr(a), ptr(b), ll(B), ll(T), ll(D), ll(span), i(reverse),
-                                             i(shifted), ptr(aggA), ptr(aggH))
-    getattr(lib, f"emu_main_{suffix}")(gx, gy, ptr(a), ptr(b), ptr(h0), ptr(out), ptr(hf), ptr(hb), ptr(da),
-                                       ptr(aggA), ptr(aggH), ll(B), ll(T), ll(D), ll(span), i(reverse), i(shifted),
-                                       i(h0 is not None), i(want_da), i(hb is not None))
+        getattr(lib, f"emu_reduce_{suffix}")(
+            gx, gy, ptr(a), ptr(b), ll(B), ll(T), ll(D), ll(span), i(reverse), i(shifted), ptr(aggA), ptr(aggH)
+        )
+    getattr(lib, f"emu_main_{suffix}")(
+        gx,
+        gy,
+        ptr(a),
+        ptr(b),
+        ptr(h0),
+        ptr(out),
+        ptr(hf),
+        ptr(hb),
+        ptr(da),
+        ptr(aggA),
+        ptr(aggH),
+        ll(B),
+        ll(T),
+        ll(D),
+        ll(span),
+        i(reverse),
+        i(shifted),
+        i(h0 is not None),
+        i(want_da),
+        i(hb is not None),
+    )
     return out, da, groups
 
 
-TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3),
-       torch.bfloat16: (1.6e-2, 1.6e-2)}
+TOL = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
-@pytest.mark.parametrize("B, T, D, sms", [(2, 1, 3, 1), (1, 7, 33, 1), (2, 200, 5, 1), (1, 1000, 40, 8)],
-                         ids=["T=1", "T=7-D=33", "T=200", "T=1000-groups"])
+@pytest.mark.parametrize(
+    "B, T, D, sms",
+    [(2, 1, 3, 1), (1, 7, 33, 1), (2, 200, 5, 1), (1, 1000, 40, 8)],
+    ids=["T=1", "T=7-D=33", "T=200", "T=1000-groups"],
+)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("use_h0", [False, True])
 def test_emulated_forward_matches_loop(lib, dtype, B, T, D, sms, reverse, use_h0):
@@ -150,8 +181,18 @@ def test_emulated_fused_backward_matches_autograd(lib, T, sms, reverse, use_h0):
     h = ref.loop(a, b, h0, reverse=reverse)
     leaves = (a, b) if h0 is None else (a, b, h0)
     expected = torch.autograd.grad(h, leaves, dh)
-    gsc, da, groups = _launch(lib, a.detach(), dh, None, reverse=not reverse, shifted=True, sm_count=sms,
-                              hf=h.detach(), hb=None if h0 is None else h0.detach(), want_da=True)
+    gsc, da, groups = _launch(
+        lib,
+        a.detach(),
+        dh,
+        None,
+        reverse=not reverse,
+        shifted=True,
+        sm_count=sms,
+        hf=h.detach(),
+        hb=None if h0 is None else h0.detach(),
+        want_da=True,
+    )
     assert groups == (1 if sms == 1 else groups) and (sms == 1 or groups > 1)
     assert_close(da, expected[0])
     assert_close(gsc, expected[1])

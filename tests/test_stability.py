@@ -1,11 +1,13 @@
 """fpcore.stability: norms, certified contraction bounds, projections, truncation and training twins."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from fpcore import cells, stability as st
+from fpcore import cells
+from fpcore import stability as st
 
 torch.set_default_dtype(torch.float32)
 
@@ -72,8 +74,9 @@ def test_lstm_bound_holds_on_random_state_pairs():
     cell = cells.from_torch(lstm)
     lam = st.contraction_bound(cell, x_max=1.0)
     assert lam < 1, "these weights are certified stable"
-    f_bar = st.gate_upper_bound(lstm.weight_hh_l0.chunk(4)[1], lstm.weight_ih_l0.chunk(4)[1],
-                                lstm.bias_ih_l0.chunk(4)[1], x_max=1.0)
+    f_bar = st.gate_upper_bound(
+        lstm.weight_hh_l0.chunk(4)[1], lstm.weight_ih_l0.chunk(4)[1], lstm.bias_ih_l0.chunk(4)[1], x_max=1.0
+    )
     c_bar = 1 / (1 - f_bar)
     # states inside the invariant set |h| <= 1, |c| <= c_bar; close pairs probe the local constant
     h = torch.rand(N, 1, H) * 2 - 1
@@ -163,7 +166,7 @@ def test_projection_holds_after_every_optimizer_step(kind):
     for _ in range(5):
         out = model(torch.randn(3, 7, 4))[0]
         opt.zero_grad()
-        (out ** 2).sum().backward()
+        (out**2).sum().backward()
         opt.step()
         check()
     handle.remove()
@@ -183,13 +186,13 @@ def test_local_contraction_is_the_jacobian_norm_along_the_trajectory():
     assert norms.shape == (2, 9)
     h = rnn(x)[0]
     h_prev = torch.cat([torch.zeros(2, 1, 6), h[:, :-1]], 1)
-    J = (1 - h ** 2)[..., :, None] * rnn.weight_hh_l0.detach()  # diag(tanh') W
+    J = (1 - h**2)[..., :, None] * rnn.weight_hh_l0.detach()  # diag(tanh') W
     torch.testing.assert_close(norms, torch.linalg.matrix_norm(J, ord=2), rtol=1e-4, atol=1e-5)
     assert bool((norms <= st.contraction_bound(rnn) + 1e-5).all())
     # k steps: the norm of the product of the k Jacobians ending at t
     norms3 = st.local_contraction(rnn, x, k=3)
     assert norms3.shape == (2, 7)
-    J_prev = (1 - h_prev ** 2)[..., :, None] * rnn.weight_hh_l0.detach()
+    J_prev = (1 - h_prev**2)[..., :, None] * rnn.weight_hh_l0.detach()
     assert torch.equal(J_prev[:, 1:], J[:, :-1])
     prod = J[:, 2:] @ J[:, 1:-1] @ J[:, :-2]  # d h_t / d h_{t-3}, t = 3..9 (1-based)
     torch.testing.assert_close(norms3, torch.linalg.matrix_norm(prod, ord=2), rtol=1e-4, atol=1e-6)
@@ -197,8 +200,12 @@ def test_local_contraction_is_the_jacobian_norm_along_the_trajectory():
         st.local_contraction(rnn, x, k=10)
     # the matrix-free power iteration (what large models use) agrees with the exact norms
     for k in (1, 3):
-        torch.testing.assert_close(st.local_contraction(rnn, x, k=k, method="power"),
-                                   st.local_contraction(rnn, x, k=k, method="svd"), rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(
+            st.local_contraction(rnn, x, k=k, method="power"),
+            st.local_contraction(rnn, x, k=k, method="svd"),
+            rtol=1e-3,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize("lam", [0.5, 0.9])
@@ -254,7 +261,7 @@ def test_training_twins_stay_closer_for_stable_models_and_larger_k():
 def test_char_batches_are_deterministic_and_shifted():
     tokens = torch.arange(1000)
     b = st.char_batches(tokens, batch=4, length=10, seed=3)
-    (x1, y1), (x2, y2) = b(5), b(5)
+    (x1, y1), (x2, _) = b(5), b(5)
     assert torch.equal(x1, x2) and torch.equal(y1, x1 + 1) and x1.shape == (4, 10)
     with pytest.raises(ValueError, match="too few"):
         st.char_batches(torch.arange(5), 2, 10)

@@ -4,6 +4,7 @@ Values AND gradients (inputs, initial states, every parameter), in float64, sing
 over odd and even lengths and every CPU scan backend; streaming (state carried across chunks) equals
 one long call; bad inputs raise ValueError.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -13,14 +14,21 @@ from fpcore.models import GILR, GILRLSTM, QRNN, SRU, SurrogateStack, make_layer
 from fpcore.models.surrogates import state_tensors
 from fpcore.scan import available_backends
 
-KINDS = [("gilr", {}), ("gilr-lstm", {}), ("sru", {}), ("qrnn", {"window": 1}), ("qrnn", {"window": 2}),
-         ("qrnn", {"window": 10})]
+KINDS = [
+    ("gilr", {}),
+    ("gilr-lstm", {}),
+    ("sru", {}),
+    ("qrnn", {"window": 1}),
+    ("qrnn", {"window": 2}),
+    ("qrnn", {"window": 10}),
+]
 IDS = ["gilr", "gilr-lstm", "sru", "qrnn1", "qrnn2", "qrnn10"]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
 
 def _random_state(model, B, D, dtype, gen):
     """A non-zero initial state in the layout each layer takes (so state gradients are tested too)."""
+
     def one(layer):
         H = layer.hidden_size
         r = lambda *s: (0.5 * torch.randn(*s, generator=gen, dtype=dtype)).requires_grad_()  # noqa: E731
@@ -29,6 +37,7 @@ def _random_state(model, B, D, dtype, gen):
         if isinstance(layer, QRNN):
             return (r(B, H), r(B, layer.window - 1, layer.input_size))
         return r(B, H)
+
     if isinstance(model, SurrogateStack):
         return [one(layer) for layer in model.layers]
     return one(model)
@@ -124,13 +133,16 @@ def test_gilr_lstm_gates_read_the_surrogate_not_the_output():
     assert not torch.allclose(y1, y2)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.randn(3, 5), "batch-first"),
-    (torch.randn(2, 4, 7), "input_size"),
-    (torch.randn(2, 0, 5), "T = 0"),
-    (torch.ones(2, 3, 5, dtype=torch.long), "floating point"),
-    ([[1.0]], "torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.randn(3, 5), "batch-first"),
+        (torch.randn(2, 4, 7), "input_size"),
+        (torch.randn(2, 0, 5), "T = 0"),
+        (torch.ones(2, 3, 5, dtype=torch.long), "floating point"),
+        ([[1.0]], "torch.Tensor"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["gilr", "gilr-lstm", "sru", "qrnn"])
 def test_bad_input_raises_value_error(kind, bad, match):
     layer = make_layer(kind, 5, 4)
@@ -168,16 +180,39 @@ def test_speed_suite_runs_small_and_every_provider_computes_the_same_model(tmp_p
     monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path))
     from fpcore.models import bench as speed
 
-    rc = cli.main(["bench", "surrogates", "--device", "cpu", "--hidden", "4", "--tokens", "64", "--seq-lens", "8,64",
-                   "--repeat", "1", "--warmup", "0", "--providers", "loop,torch", "--threads", "1", "--no-progress",
-                   "--name", "surrogate_speed_test"])
+    rc = cli.main(
+        [
+            "bench",
+            "surrogates",
+            "--device",
+            "cpu",
+            "--hidden",
+            "4",
+            "--tokens",
+            "64",
+            "--seq-lens",
+            "8,64",
+            "--repeat",
+            "1",
+            "--warmup",
+            "0",
+            "--providers",
+            "loop,torch",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--name",
+            "surrogate_speed_test",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "gilr-lstm" in out and "qrnn10" in out
-    (name, payload), = [t for t in speed.recorded() if t[0] == "surrogate_speed_test.json"]
+    ((name, payload),) = [t for t in speed.recorded() if t[0] == "surrogate_speed_test.json"]
     rows = [r for r in payload["rows"] if "ms" in r]
     assert {(r["model"], r["T"], r["B"], r["provider"]) for r in rows} == {
-        (m, T, 64 // T, p) for m in speed.MODELS for T in (8, 64) for p in ("loop", "torch")}
+        (m, T, 64 // T, p) for m in speed.MODELS for T in (8, 64) for p in ("loop", "torch")
+    }
     assert all(r["max_abs_err"] < 1e-5 and r["ms"] > 0 for r in rows)
     assert "x_loop torch" in speed.summary(payload)
     assert (tmp_path / "surrogate_speed_test.png").exists()
@@ -188,6 +223,7 @@ def test_speed_suite_rejects_lengths_that_do_not_divide_the_tokens(capsys):
 
     with pytest.raises(ValueError, match="divide"):
         from fpcore.models import bench as speed
+
         speed.main(["--tokens", "64", "--seq-lens", "7", "--no-save"])
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", "surrogates", "--models", "lstm"])

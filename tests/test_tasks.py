@@ -1,4 +1,5 @@
 """The problem-2b generator: shapes, determinism by seed, label = sign of x_0, no one-hots on the host."""
+
 from __future__ import annotations
 
 import pytest
@@ -65,6 +66,7 @@ def test_generation_happens_on_the_requested_device_without_host_one_hots(monkey
 
     def forbidden(*a, **k):
         raise AssertionError("one_hot called while generating a batch")
+
     monkeypatch.setattr(F, "one_hot", forbidden)
     monkeypatch.setattr(torch.nn.functional, "one_hot", forbidden)
     symbols, labels = sign_batch(2, 64, device="cpu")
@@ -80,14 +82,17 @@ def test_cuda_batches_are_made_on_the_gpu_and_deterministic():
     assert torch.equal(a[0], b[0])
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(batch=0, seq_len=5), "batch"),
-    (dict(batch=2, seq_len=0), "seq_len"),
-    (dict(batch=2, seq_len=MAX_T + 1), "2\\^20"),
-    (dict(batch=2, seq_len=5, p=0), "p must"),
-    (dict(batch=2, seq_len=5, seed=-1), "seed"),
-    (dict(batch=2, seq_len=5, step=-1), "step"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(batch=0, seq_len=5), "batch"),
+        (dict(batch=2, seq_len=0), "seq_len"),
+        (dict(batch=2, seq_len=MAX_T + 1), "2\\^20"),
+        (dict(batch=2, seq_len=5, p=0), "p must"),
+        (dict(batch=2, seq_len=5, seed=-1), "seed"),
+        (dict(batch=2, seq_len=5, step=-1), "step"),
+    ],
+)
 def test_bad_arguments_raise_value_error(kw, match):
     with pytest.raises(ValueError, match=match):
         sign_batch(**kw)

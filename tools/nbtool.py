@@ -1,8 +1,9 @@
 """Notebook housekeeping: strip outputs and execution counts in place (notebooks are committed clean).
 
-    python tools/nbtool.py strip notebooks/*.ipynb
-    python tools/nbtool.py check notebooks/*.ipynb    # exit 1 if any notebook holds outputs
+python tools/nbtool.py strip notebooks/*.ipynb
+python tools/nbtool.py check notebooks/*.ipynb    # exit 1 if any notebook holds outputs
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,9 +12,7 @@ import nbformat
 
 
 def is_clean(nb) -> bool:
-    return not any(
-        c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"
-    )
+    return not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code")
 
 
 def strip(nb):

@@ -8,6 +8,7 @@
 
 See :func:`solve` for the contract, and each method's module for its mathematics.
 """
+
 from .result import DivergenceWarning, FixedPointResult
 from .solve import METHODS, default_tol, solve
 

@@ -7,21 +7,23 @@ stable and unstable recurrent weights, it times:
     torch.nn      the torch layer itself (cuDNN on a GPU)
     jacobi, quasi_newton, newton, damped, block_jacobi     fpcore.fixed_point.solve(..., tol=--tol)
 
-and reports for each: wall time to ``tol`` (the faster of two runs when one takes under 2 s) (max-abs change between iterates), iterations, whether it
-converged, max-abs error of the outputs against the loop, and peak memory, measured in a separate untimed
-pass (CUDA: torch's peak allocated bytes; CPU: the peak resident-set growth above the level just before
-the call, sampled every 2 ms while glibc's malloc returns blocks over 64 KiB to the OS; solvers: a
-2-iteration solve, since a no-grad solver allocates the same every iteration). Methods that need many iterations are stopped by
-``--time-limit`` (seconds per solve; reported as not converged); Newton-type methods are skipped where
+and reports for each: wall time to ``tol`` (max-abs change between iterates; the faster of two runs when one takes
+under 2 s), iterations, whether it converged, max-abs error of the outputs against the loop, and peak memory,
+measured in a separate untimed pass (CUDA: torch's peak allocated bytes; CPU: the peak resident-set growth above the
+level just before the call, sampled every 2 ms while glibc's malloc returns blocks over 64 KiB to the OS; solvers: a
+2-iteration solve, since a no-grad solver allocates the same every iteration). Methods that need many iterations are
+stopped by ``--time-limit`` (seconds per solve; reported as not converged); Newton-type methods are skipped where
 their Jacobians [B, T, S, S] would exceed ``--newton-max-gb``.
 
 Weights. ``stable``: every gate block of W_hh projected to spectral norm <= 0.9 (paper B's sufficient
 condition for the tanh RNN, ||W||_2 < 1, applied block by block); ``unstable``: every block scaled to
 spectral norm 3.
 
-Quick (CPU, default): T in {2^10, 2^14} at the smallest H, T = 2^10 at the others; a few minutes. Full: ``--full`` (T = 2^10 .. 2^20), meant for a GPU.
+Quick (CPU, default): T in {2^10, 2^14} at the smallest H, T = 2^10 at the others; a few minutes.
+Full: ``--full`` (T = 2^10 .. 2^20), meant for a GPU.
 Writes a table to stdout and ``results/fixed_point_<device tag>.json`` + ``.png`` (via fpcore.results).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,29 +47,57 @@ QUICK_LENGTHS = (2**10, 2**14)
 FULL_LENGTHS = tuple(2**p for p in range(10, 21, 2))
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cells", type=_choices_type(("gru", "lstm"), "cells"), default=["gru", "lstm"],
-                        help="comma-separated: gru, lstm (default: both)")
-    parser.add_argument("--hidden", type=_ints_type("hidden"), default=[64, 256], help="hidden sizes H (default: 64,256)")
+    parser.add_argument(
+        "--cells",
+        type=_choices_type(("gru", "lstm"), "cells"),
+        default=["gru", "lstm"],
+        help="comma-separated: gru, lstm (default: both)",
+    )
+    parser.add_argument(
+        "--hidden", type=_ints_type("hidden"), default=[64, 256], help="hidden sizes H (default: 64,256)"
+    )
     parser.add_argument("--batch", type=positive(int), default=16, help="batch size B (default: 16)")
-    parser.add_argument("--lengths", type=_ints_type("lengths"), default=None,
-                        help=f"sequence lengths T, comma-separated (default: {QUICK_LENGTHS}; --full: 2^10..2^20)")
+    parser.add_argument(
+        "--lengths",
+        type=_ints_type("lengths"),
+        default=None,
+        help=f"sequence lengths T, comma-separated (default: {QUICK_LENGTHS}; --full: 2^10..2^20)",
+    )
     parser.add_argument("--full", action="store_true", help="the full sweep: T = 2^10, 2^12, ..., 2^20")
-    parser.add_argument("--weights", type=_choices_type(("stable", "unstable"), "weights"),
-                        default=["stable", "unstable"], help="stable, unstable or both (default)")
-    parser.add_argument("--methods", type=_choices_type(METHODS, "methods"), default=list(METHODS),
-                        help=f"subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument(
+        "--weights",
+        type=_choices_type(("stable", "unstable"), "weights"),
+        default=["stable", "unstable"],
+        help="stable, unstable or both (default)",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_choices_type(METHODS, "methods"),
+        default=list(METHODS),
+        help=f"subset of {','.join(METHODS)} (default: all)",
+    )
     parser.add_argument("--tol", type=positive(float), default=1e-5, help="stopping tolerance (default: 1e-5)")
-    parser.add_argument("--time-limit", type=positive(float), default=None,
-                        help="seconds per solve before it is stopped (default: 8 on CPU, 60 on GPU)")
-    parser.add_argument("--newton-max-gb", type=positive(float), default=None,
-                        help="skip newton/damped where 3 x the Jacobians' bytes exceed this (default: 1.5 CPU, "
-                             "half the GPU's memory)")
+    parser.add_argument(
+        "--time-limit",
+        type=positive(float),
+        default=None,
+        help="seconds per solve before it is stopped (default: 8 on CPU, 60 on GPU)",
+    )
+    parser.add_argument(
+        "--newton-max-gb",
+        type=positive(float),
+        default=None,
+        help="skip newton/damped where 3 x the Jacobians' bytes exceed this (default: 1.5 CPU, half the GPU's memory)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: fpcore.config.device())")
-    parser.add_argument("--threads", type=positive(int), default=None,
-                        help="torch CPU threads (default: torch's choice). On a shared CPU use 1: oversubscribed "
-                             "OpenMP threads spin and can slow small ops down a hundredfold")
+    parser.add_argument(
+        "--threads",
+        type=positive(int),
+        default=None,
+        help="torch CPU threads (default: torch's choice). On a shared CPU use 1: oversubscribed "
+        "OpenMP threads spin and can slow small ops down a hundredfold",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="result file stem (default: fixed_point_<device tag>)")
 
@@ -78,6 +108,7 @@ def _ints_type(what):
             return _ints(text, what)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+
     return parse
 
 
@@ -87,9 +118,8 @@ def _choices_type(allowed, what):
             return _choices(text, allowed, what)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+
     return parse
-
-
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -213,7 +243,7 @@ def _timed(fn, device, quick_repeat: float = 2.0):
     """(result, seconds); a run shorter than ``quick_repeat`` s is repeated once and the faster kept
     (the CPU here is shared, so single short timings are noisy)."""
     best = math.inf
-    for attempt in range(2):
+    for _ in range(2):
         _sync(device)
         t0 = time.perf_counter()
         out = fn()
@@ -246,14 +276,20 @@ def bench_one(kind, H, B, T, weights, methods, tol, time_limit, newton_max_bytes
         loop = lambda: cell.output(cells.sequential(cell, x))  # noqa: E731
         ref, t_loop = _timed(loop, device)
         for method in methods:
-            row = dict(base, method=method, time_s=None, iterations=None, converged=None, max_err=None,
-                       peak_mb=None, note="")
+            row = dict(
+                base, method=method, time_s=None, iterations=None, converged=None, max_err=None, peak_mb=None, note=""
+            )
             if method == "loop":
                 row.update(time_s=t_loop, iterations=T, converged=True, max_err=0.0, peak_mb=_peak(loop, device))
             elif method == "torch.nn":
                 (y, _), dt = _timed(lambda: m(x), device)
-                row.update(time_s=dt, iterations=T, converged=True, max_err=(y - ref).abs().max().item(),
-                           peak_mb=_peak(lambda: m(x), device))
+                row.update(
+                    time_s=dt,
+                    iterations=T,
+                    converged=True,
+                    max_err=(y - ref).abs().max().item(),
+                    peak_mb=_peak(lambda: m(x), device),
+                )
             else:
                 S = cell.state_size
                 jac_bytes = 3 * B * T * S * S * 4
@@ -263,13 +299,19 @@ def bench_one(kind, H, B, T, weights, methods, tol, time_limit, newton_max_bytes
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    res, dt = _timed(lambda: solve(cell, x, method=method, tol=tol, grad="none",
-                                                   time_limit=time_limit), device)
+                    res, dt = _timed(
+                        lambda m=method: solve(cell, x, method=m, tol=tol, grad="none", time_limit=time_limit), device
+                    )
                     # a no-grad solver allocates the same every iteration: 2 iterations show its peak
-                    mem = _peak(lambda: solve(cell, x, method=method, iters=2, grad="none"), device)
-                row.update(time_s=dt, iterations=res.iterations, converged=res.converged,
-                           max_err=(res.outputs - ref).abs().max().item(), peak_mb=mem,
-                           note="diverged" if res.diverged else ("time limit" if "time limit" in res.message else ""))
+                    mem = _peak(lambda m=method: solve(cell, x, method=m, iters=2, grad="none"), device)
+                row.update(
+                    time_s=dt,
+                    iterations=res.iterations,
+                    converged=res.converged,
+                    max_err=(res.outputs - ref).abs().max().item(),
+                    peak_mb=mem,
+                    note="diverged" if res.diverged else ("time limit" if "time limit" in res.message else ""),
+                )
             rows.append(row)
     for row in rows:
         row["speedup_vs_loop"] = t_loop / row["time_s"] if row["time_s"] else None
@@ -323,8 +365,9 @@ def run(args: argparse.Namespace) -> int:
                 if quick_grid and H > min(hidden) and T > min(lengths):
                     continue
                 for w in weights:
-                    for row in bench_one(kind, H, args.batch, T, w, methods, args.tol, time_limit, newton_max,
-                                         device, args.seed):
+                    for row in bench_one(
+                        kind, H, args.batch, T, w, methods, args.tol, time_limit, newton_max, device, args.seed
+                    ):
                         rows.append(row)
                         print(_line(row), flush=True)
     from fpcore import results
@@ -333,17 +376,32 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or f"fixed_point_{device_tag(device)}"
 
     payload = dict(
-        config=dict(cells=kinds, hidden=hidden, batch=args.batch, lengths=lengths, weights=weights,
-                    methods=methods, tol=args.tol, time_limit_s=time_limit, newton_max_bytes=newton_max,
-                    dtype="float32", input_size="= H", seed=args.seed, threads=torch.get_num_threads(),
-                    stable="each W_hh gate block projected to spectral norm <= 0.9",
-                    unstable="each W_hh gate block scaled to spectral norm 3",
-                    memory="separate untimed pass; CUDA: peak allocated bytes; CPU: peak RSS growth sampled every 2 ms "
-                           "(solvers: a 2-iteration solve)"),
-        wall_time_s=time.perf_counter() - t0, rows=rows, targets=targets(rows, device),
+        config=dict(
+            cells=kinds,
+            hidden=hidden,
+            batch=args.batch,
+            lengths=lengths,
+            weights=weights,
+            methods=methods,
+            tol=args.tol,
+            time_limit_s=time_limit,
+            newton_max_bytes=newton_max,
+            dtype="float32",
+            input_size="= H",
+            seed=args.seed,
+            threads=torch.get_num_threads(),
+            stable="each W_hh gate block projected to spectral norm <= 0.9",
+            unstable="each W_hh gate block scaled to spectral norm 3",
+            memory="separate untimed pass; CUDA: peak allocated bytes; CPU: peak RSS growth sampled every 2 ms "
+            "(solvers: a 2-iteration solve)",
+        ),
+        wall_time_s=time.perf_counter() - t0,
+        rows=rows,
+        targets=targets(rows, device),
         # the machine's 1/5/15-minute load averages before and after: on a shared CPU they say how far
         # other processes competed with these timings
-        load_average=dict(before=load_before, after=os.getloadavg(), cpus=os.cpu_count()))
+        load_average=dict(before=load_before, after=os.getloadavg(), cpus=os.cpu_count()),
+    )
     path = results.save_json(name, payload, device=device)
     png = plot(rows, path.with_suffix(".png"), title=f"{results.device_name(device)} | torch {torch.__version__}")
     print(f"wrote {path} and {png}")
@@ -363,32 +421,56 @@ def targets(rows, device) -> dict:
     T, base, goal = (65536, "torch.nn", 10.0) if device.type == "cuda" else (16384, "loop", 1.0)
     pick = [r for r in rows if (r["cell"], r["H"], r["B"], r["T"], r["weights"]) == ("gru", 64, 16, T, "stable")]
     ref = next((r for r in pick if r["method"] == base and r["time_s"]), None)
-    ok = [r for r in pick if r["method"] in SOLVERS and r["time_s"] and r["converged"]
-          and r["max_err"] is not None and r["max_err"] <= TARGET_ERR]
+    ok = [
+        r
+        for r in pick
+        if r["method"] in SOLVERS
+        and r["time_s"]
+        and r["converged"]
+        and r["max_err"] is not None
+        and r["max_err"] <= TARGET_ERR
+    ]
     if ref is None or not ok:
         return {}
     best = min(ok, key=lambda r: r["time_s"])
     value = ref["time_s"] / best["time_s"]
     name = f"{device.type}_gru64_T{T}_B16_fastest_solver_speedup_vs_{base}"
-    return {name: dict(value=value, target=f">= {goal:g}" if goal > 1 else "> 1", met=value > goal if goal == 1
-                       else value >= goal, method=best["method"], iterations=best["iterations"],
-                       time_s=best["time_s"], baseline_s=ref["time_s"], max_err=best["max_err"])}
+    return {
+        name: dict(
+            value=value,
+            target=f">= {goal:g}" if goal > 1 else "> 1",
+            met=value > goal if goal == 1 else value >= goal,
+            method=best["method"],
+            iterations=best["iterations"],
+            time_s=best["time_s"],
+            baseline_s=ref["time_s"],
+            max_err=best["max_err"],
+        )
+    }
 
 
 def _header() -> str:
-    return (f"{'cell':5} {'H':>4} {'T':>8} {'weights':9} {'method':13} {'time s':>9} {'iters':>6} {'conv':>5} "
-            f"{'max err':>9} {'peak MB':>9} {'x loop':>7}  note")
+    return (
+        f"{'cell':5} {'H':>4} {'T':>8} {'weights':9} {'method':13} {'time s':>9} {'iters':>6} {'conv':>5} "
+        f"{'max err':>9} {'peak MB':>9} {'x loop':>7}  note"
+    )
 
 
 def _fmt(v, spec):
-    return format(v, spec) if v is not None else "-".rjust(int(''.join(ch for ch in spec.split('.')[0] if ch.isdigit()) or 1))
+    return (
+        format(v, spec)
+        if v is not None
+        else "-".rjust(int("".join(ch for ch in spec.split(".")[0] if ch.isdigit()) or 1))
+    )
 
 
 def _line(r) -> str:
     conv = "-" if r["converged"] is None else ("yes" if r["converged"] else "no")
-    return (f"{r['cell']:5} {r['H']:>4} {r['T']:>8} {r['weights']:9} {r['method']:13} {_fmt(r['time_s'], '9.3f')} "
-            f"{_fmt(r['iterations'], '6d')} {conv:>5} {_fmt(r['max_err'], '9.1e')} {_fmt(r['peak_mb'], '9.1f')} "
-            f"{_fmt(r['speedup_vs_loop'], '7.2f')}  {r['note']}")
+    return (
+        f"{r['cell']:5} {r['H']:>4} {r['T']:>8} {r['weights']:9} {r['method']:13} {_fmt(r['time_s'], '9.3f')} "
+        f"{_fmt(r['iterations'], '6d')} {conv:>5} {_fmt(r['max_err'], '9.1e')} {_fmt(r['peak_mb'], '9.1f')} "
+        f"{_fmt(r['speedup_vs_loop'], '7.2f')}  {r['note']}"
+    )
 
 
 def plot(rows, path, title=""):
@@ -404,8 +486,11 @@ def plot(rows, path, title=""):
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
     for ax, (kind, H, w) in zip(axes.flat, panels):
         for i, method in enumerate(METHODS):
-            pts = [r for r in rows if (r["cell"], r["H"], r["weights"], r["method"]) == (kind, H, w, method)
-                   and r["time_s"] is not None]
+            pts = [
+                r
+                for r in rows
+                if (r["cell"], r["H"], r["weights"], r["method"]) == (kind, H, w, method) and r["time_s"] is not None
+            ]
             if not pts:
                 continue
             color = f"C{i}"
@@ -414,7 +499,7 @@ def plot(rows, path, title=""):
                 ax.plot(r["T"], r["time_s"], "o", color=color, mfc=color if r["converged"] else "none")
         ax.set(xscale="log", yscale="log", xlabel="T", ylabel="seconds", title=f"{kind.upper()} H={H}, {w}")
         ax.grid(True, which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     B = rows[0]["B"] if rows else "?"

@@ -24,6 +24,7 @@ T positions, so they beat the loop only where each of the loop's T steps is slow
 kernel launch on a GPU, the interpreter on a CPU). Block Jacobi does (1 + w/L) times the loop's
 arithmetic per iteration in L + w steps of T / L rows each: the parallel method that wins on a CPU.
 """
+
 from __future__ import annotations
 
 import math

@@ -18,6 +18,7 @@ most T iterations, whatever happens; it reuses Newton's matrix scan unchanged; a
 alpha^m J_t...J_{t-m+1} are what explode when Newton diverges, so shrinking alpha attacks the cause
 directly. Near the solution the merit falls, alpha returns to 1 and convergence is Newton's.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,4 +51,3 @@ def step(ctx, S: Tensor, FS: Tensor):
     ctx.state["alpha"] = ALPHA_MIN
     ctx.state.setdefault("alphas", []).append(0.0)
     return FS, None  # the Jacobi step: always progress, never divergence
-

@@ -17,6 +17,7 @@ Two adjoint solvers:
   "jacobi"  g <- dL/dS + (dF/dS)^T g by vector-Jacobian products (paper A): O(T S) memory, exact after T
             iterations, and for a contractive cell the error falls like lambda^k; stops at ``tol``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ Position t = 1 only depends on the known h_0, so after k iterations positions t 
 h_t^(k) depends on x_{t-k+1..t} and the initial guess at t - k: from a zero start it is exactly paper B's
 k-window truncated model (:func:`fpcore.cells.truncated`). Exact everywhere after T iterations.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -9,6 +9,7 @@ memory. Quadratic convergence near the solution; exact after T iterations (posit
 after k). Far from the solution of an unstable cell the products J_t...J_s explode and Newton diverges:
 see :mod:`fpcore.fixed_point.damped`.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -7,6 +7,7 @@ Linearise f around the current iterate with D_t = diag(df/ds_{t-1}) and solve fo
 a diagonal linear recurrence: one :func:`fpcore.linear_scan` per iteration, O(T S) work and memory.
 Positions t <= k are exact after k iterations (d_{t-1} = 0 there), so it is exact after T iterations.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -1,4 +1,5 @@
 """The object every solver returns."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,11 +41,13 @@ class FixedPointResult:
     fp_residual: float = float("nan")
     message: str = ""
     final: object = None
-    layers: list["FixedPointResult"] = field(default_factory=list)
+    layers: list[FixedPointResult] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         B, T, H = self.outputs.shape
         last = f"{self.residuals[-1]:.2e}" if self.residuals else "-"
-        return (f"FixedPointResult(method={self.method!r}, outputs=[{B}, {T}, {H}], iterations={self.iterations}, "
-                f"last residual={last}, converged={self.converged}, diverged={self.diverged})")
+        return (
+            f"FixedPointResult(method={self.method!r}, outputs=[{B}, {T}, {H}], iterations={self.iterations}, "
+            f"last residual={last}, converged={self.converged}, diverged={self.diverged})"
+        )

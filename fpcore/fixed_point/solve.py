@@ -13,13 +13,14 @@ F(S^(k)) for all t at once; they differ only in the step:
 (r = F(S) - S.) All are causal: an iteration makes at least one more position exact (block Jacobi: one
 more block), so each is exact after T iterations (block Jacobi: ceil(T / L)), and none ever runs more.
 """
+
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -78,11 +79,14 @@ class _Context:
 
 def _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block=None, overlap=None):
     if not isinstance(cell, (Cell, CellStack)):
-        raise ValueError(f"cell must be an fpcore.cells.Cell or CellStack (see cells.from_torch), "
-                         f"got {type(cell).__name__}")
+        raise ValueError(
+            f"cell must be an fpcore.cells.Cell or CellStack (see cells.from_torch), got {type(cell).__name__}"
+        )
     if not isinstance(x, Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be a batch-first tensor [B, T, D], got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"x must be a batch-first tensor [B, T, D], got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
     if x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
     if x.shape[-1] != cell.input_size:
@@ -91,8 +95,10 @@ def _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block=None, o
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     w = (cell[0] if isinstance(cell, CellStack) else cell).weight_hh
     if isinstance(w, Tensor) and (w.dtype != x.dtype or w.device != x.device):
-        raise ValueError(f"x is {x.dtype} on {x.device} but the cell's weights are {w.dtype} on {w.device}; "
-                         f"convert one of them (e.g. module.to(x.dtype))")
+        raise ValueError(
+            f"x is {x.dtype} on {x.device} but the cell's weights are {w.dtype} on {w.device}; "
+            f"convert one of them (e.g. module.to(x.dtype))"
+        )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
@@ -114,10 +120,23 @@ def _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block=None, o
             raise ValueError(f"{name} must be an int >= {least} (or None for the default), got {value!r}")
 
 
-def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None = None,
-          tol: float | None = None, init=None, grad: str = "unrolled", adjoint: str = "scan",
-          backend: str = "auto", time_limit: float | None = None, callback=None,
-          block: int | None = None, overlap: int | None = None) -> FixedPointResult:
+def solve(
+    cell,
+    x: Tensor,
+    h0=None,
+    *,
+    method: str = "jacobi",
+    iters: int | None = None,
+    tol: float | None = None,
+    init=None,
+    grad: str = "unrolled",
+    adjoint: str = "scan",
+    backend: str = "auto",
+    time_limit: float | None = None,
+    callback=None,
+    block: int | None = None,
+    overlap: int | None = None,
+) -> FixedPointResult:
     """Solve a recurrent layer for all t at once as the fixed point S = F(S), F(S)_t = f(s_{t-1}, x_t).
 
     cell    an :class:`fpcore.cells.Cell` or :class:`~fpcore.cells.CellStack` (``cells.from_torch(module)``)
@@ -144,11 +163,11 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             64); capped at L), recorded in ``.info``. L = 1, w = 0 is Jacobi and L = T the step loop. Only
             for ``method="block_jacobi"``, which also stops when max |F(S) - S| <= tol (see its module).
 
-    Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that
-    grows to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate with the smallest fixed-point
-    residual max |F(S) - S| is returned with ``converged=False, diverged=True``. Jacobi cannot diverge on
-    a bounded cell (each iteration makes one more position exact whatever its residual does), so for it
-    and block Jacobi only non-finite values count.
+    Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that grows
+    to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate
+    with the smallest fixed-point residual max |F(S) - S| is returned with ``converged=False, diverged=True``.
+    Jacobi cannot diverge on a bounded cell (each iteration makes one more position exact whatever its residual
+    does), so for it and block Jacobi only non-finite values count.
 
     Returns a :class:`FixedPointResult` (``.outputs`` [B, T, H], ``.states`` [B, T, S], ``.iterations``,
     ``.residuals``, ``.converged``). Raises ValueError on bad input.
@@ -159,9 +178,21 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
             raise ValueError(f"init for a {len(cell)}-layer stack must be a list of {len(cell)} tensors or None")
         layers, inp = [], x
         for i, c in enumerate(cell):
-            r = _solve_cell(c, inp, cell.layer_h0(h0, i), method, iters, tol,
-                            None if init is None else init[i], grad, adjoint, backend, time_limit,
-                            block=block, overlap=overlap)
+            r = _solve_cell(
+                c,
+                inp,
+                cell.layer_h0(h0, i),
+                method,
+                iters,
+                tol,
+                None if init is None else init[i],
+                grad,
+                adjoint,
+                backend,
+                time_limit,
+                block=block,
+                overlap=overlap,
+            )
             layers.append(r)
             inp = r.outputs
         last = layers[-1]
@@ -171,16 +202,28 @@ def solve(cell, x: Tensor, h0=None, *, method: str = "jacobi", iters: int | None
         else:
             final = torch.cat(finals)
         return FixedPointResult(
-            outputs=last.outputs, states=last.states, iterations=sum(r.iterations for r in layers),
-            residuals=[v for r in layers for v in r.residuals], converged=all(r.converged for r in layers),
-            method=method, tol=last.tol, diverged=any(r.diverged for r in layers),
-            fp_residual=max(r.fp_residual for r in layers), message="; ".join(r.message for r in layers if r.message),
-            final=final, layers=layers, info=dict(last.info))
-    return _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback, block, overlap)
+            outputs=last.outputs,
+            states=last.states,
+            iterations=sum(r.iterations for r in layers),
+            residuals=[v for r in layers for v in r.residuals],
+            converged=all(r.converged for r in layers),
+            method=method,
+            tol=last.tol,
+            diverged=any(r.diverged for r in layers),
+            fp_residual=max(r.fp_residual for r in layers),
+            message="; ".join(r.message for r in layers if r.message),
+            final=final,
+            layers=layers,
+            info=dict(last.info),
+        )
+    return _solve_cell(
+        cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback, block, overlap
+    )
 
 
-def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit,
-                callback=None, block=None, overlap=None) -> FixedPointResult:
+def _solve_cell(
+    cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback=None, block=None, overlap=None
+) -> FixedPointResult:
     B, T, _ = x.shape
     want_grad = torch.is_grad_enabled() and grad == "unrolled"
     with torch.set_grad_enabled(want_grad or (grad == "implicit" and torch.is_grad_enabled())):
@@ -189,8 +232,10 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, t
     Sdim = cell.state_size
     if init is not None:
         if not isinstance(init, Tensor) or init.shape != (B, T, Sdim):
-            raise ValueError(f"init must be packed states [B, T, S] = [{B}, {T}, {Sdim}], got "
-                             f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
+            raise ValueError(
+                f"init must be packed states [B, T, S] = [{B}, {T}, {Sdim}], got "
+                f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}"
+            )
     check_tol = tol if tol is not None else default_tol(u.dtype)
     stop_tol = tol if tol is not None else (0.0 if iters is not None else check_tol)
     exact_after = T  # iterations after which the method is exact from any start
@@ -203,18 +248,32 @@ def _solve_cell(cell, x, h0, method, iters, tol, init, grad, adjoint, backend, t
 
     with torch.set_grad_enabled(want_grad):
         S, residuals, converged, diverged, fp_res, message = _iterate(
-            ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit, callback)
+            ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit, callback
+        )
     ctx.scratch.clear()
 
     if grad == "implicit" and torch.is_grad_enabled():
         if not converged:
-            warnings.warn(f"grad='implicit' differentiates the fixed point, but {method} did not converge "
-                          f"(last residual {residuals[-1]:.2e}): the gradient is approximate", stacklevel=3)
+            warnings.warn(
+                f"grad='implicit' differentiates the fixed point, but {method} did not converge "
+                f"(last residual {residuals[-1]:.2e}): the gradient is approximate",
+                stacklevel=3,
+            )
         S = _attach_implicit(cell, u, s0, S.detach(), adjoint, check_tol, T)
-    return FixedPointResult(outputs=cell.output(S), states=S, iterations=len(residuals), residuals=residuals,
-                            converged=converged, method=method, tol=check_tol, diverged=diverged,
-                            fp_residual=fp_res, message=message, final=cell.final_state(S[:, -1]),
-                            info=dict(ctx.state))
+    return FixedPointResult(
+        outputs=cell.output(S),
+        states=S,
+        iterations=len(residuals),
+        residuals=residuals,
+        converged=converged,
+        method=method,
+        tol=check_tol,
+        diverged=diverged,
+        fp_residual=fp_res,
+        message=message,
+        final=cell.final_state(S[:, -1]),
+        info=dict(ctx.state),
+    )
 
 
 def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit=None, callback=None):
@@ -259,8 +318,10 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, exact_after, tim
             break
         if method not in JACOBI_LIKE and fp > GROWTH * max(best[0], check_tol):
             diverged = True
-            message = (f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen "
-                       f"({best[0]:.2e}) at iteration {k}")
+            message = (
+                f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen "
+                f"({best[0]:.2e}) at iteration {k}"
+            )
             break
         if deadline is not None and k < max_iters and time.perf_counter() > deadline:
             converged = change <= check_tol

@@ -2,6 +2,7 @@
 
 The notebooks stay thin: each helper here computes one thing the notebook shows (and asserts), or draws it.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ __all__ = [
 
 
 # -- models --------------------------------------------------------------------------------------------
-def rnn_with_norm(kind: str = "tanh", D: int = 3, H: int = 16, norm: float = 0.5, seed: int = 0,
-                  dtype=torch.float64) -> nn.Module:
+def rnn_with_norm(
+    kind: str = "tanh", D: int = 3, H: int = 16, norm: float = 0.5, seed: int = 0, dtype=torch.float64
+) -> nn.Module:
     """A one-layer nn.RNN ("tanh") / nn.GRU ("gru") / nn.LSTM ("lstm") whose every W_hh gate block has
     spectral norm ``norm`` (< 1: contractive, paper B's stable regime for the tanh RNN; 3: chaotic)."""
     torch.manual_seed(seed)
@@ -56,8 +58,9 @@ def jacobi_errors(cell, x: Tensor, ks, h0=None) -> Tensor:
     """max-abs error of the Jacobi iterate h_t^(k) against the sequential h_t, per k and t: [len(ks), T]."""
     ref = cells.sequential(cell, x, h0)
     with torch.no_grad():
-        return torch.stack([(solve(cell, x, h0, method="jacobi", iters=k).states - ref).abs().amax(dim=(0, 2))
-                            for k in ks])
+        return torch.stack(
+            [(solve(cell, x, h0, method="jacobi", iters=k).states - ref).abs().amax(dim=(0, 2)) for k in ks]
+        )
 
 
 def dependency(cell, x: Tensor, k: int) -> Tensor:
@@ -78,11 +81,23 @@ def plot_errors(err: Tensor, ks, ax=None):
 
     ax = ax or plt.subplots(figsize=(7, 3))[1]
     T = err.shape[1]
-    im = ax.imshow(torch.log10(err.clamp_min(1e-16)).cpu(), aspect="auto", cmap="magma", origin="lower",
-                   extent=(0.5, T + 0.5, -0.5, len(ks) - 0.5), vmin=-16, vmax=0)
+    im = ax.imshow(
+        torch.log10(err.clamp_min(1e-16)).cpu(),
+        aspect="auto",
+        cmap="magma",
+        origin="lower",
+        extent=(0.5, T + 0.5, -0.5, len(ks) - 0.5),
+        vmin=-16,
+        vmax=0,
+    )
     ax.plot(list(ks), range(len(ks)), "c--", lw=1, label="t = k")
-    ax.set(yticks=range(len(ks)), yticklabels=ks, xlabel="position t", ylabel="Jacobi iterations k",
-           title="log10 |h_t^(k) - h_t|: exact (black) for t <= k")
+    ax.set(
+        yticks=range(len(ks)),
+        yticklabels=ks,
+        xlabel="position t",
+        ylabel="Jacobi iterations k",
+        title="log10 |h_t^(k) - h_t|: exact (black) for t <= k",
+    )
     ax.legend(loc="lower right", fontsize=8)
     plt.colorbar(im, ax=ax)
     return ax
@@ -94,8 +109,14 @@ def plot_dependency(dep: Tensor, k: int, ax=None):
 
     ax = ax or plt.subplots(figsize=(4, 3.6))[1]
     T = dep.shape[0]
-    ax.imshow(torch.log10(dep.clamp_min(1e-16)).cpu(), cmap="viridis", origin="upper", vmin=-8, vmax=0,
-              extent=(0.5, T + 0.5, T + 0.5, 0.5))
+    ax.imshow(
+        torch.log10(dep.clamp_min(1e-16)).cpu(),
+        cmap="viridis",
+        origin="upper",
+        vmin=-8,
+        vmax=0,
+        extent=(0.5, T + 0.5, T + 0.5, 0.5),
+    )
     ax.set(xlabel="input position s", ylabel="output position t", title=f"k = {k}: d h_t / d x_s")
     return ax
 
@@ -120,8 +141,10 @@ def dependency_widget(cell, x: Tensor, k_max: int):
         plot_dependency(dependency(cell, x, k), k)
         plt.show()
 
-    return widgets.interact(show, k=widgets.IntSlider(value=1, min=1, max=k_max, step=1,
-                                                      description="iterations k", continuous_update=False))
+    return widgets.interact(
+        show,
+        k=widgets.IntSlider(value=1, min=1, max=k_max, step=1, description="iterations k", continuous_update=False),
+    )
 
 
 # -- notebook 05: Newton and quasi-Newton --------------------------------------------------------------
@@ -136,8 +159,14 @@ def error_curves(cell, x: Tensor, methods=tuple(METHODS), **kwargs) -> dict[str,
         errs = []
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
-            res = solve(cell, x, method=method, grad="none",
-                        callback=lambda k, S: errs.append(float((S - ref).abs().max())), **kwargs)
+            res = solve(
+                cell,
+                x,
+                method=method,
+                grad="none",
+                callback=lambda k, S, errs=errs: errs.append(float((S - ref).abs().max())),
+                **kwargs,
+            )
         out[method] = dict(errors=errs, result=res, warnings=[str(w.message) for w in caught])
     return out
 
@@ -162,8 +191,9 @@ def iterations_vs_T(cell_fn, lengths, methods=tuple(METHODS), B: int = 4, tol: f
     out = {m: [] for m in methods}
     for T in lengths:
         cell = cell_fn()
-        x = torch.randn(B, T, cell.input_size, generator=torch.Generator().manual_seed(seed),
-                        dtype=cell.weight_hh.dtype)
+        x = torch.randn(
+            B, T, cell.input_size, generator=torch.Generator().manual_seed(seed), dtype=cell.weight_hh.dtype
+        )
         ref = cells.sequential(cell, x)
         for method in methods:
             with torch.no_grad(), warnings.catch_warnings():
@@ -218,9 +248,19 @@ def block_table(cases: dict, x: Tensor, lengths=None, tol: float = 1e-10) -> lis
             for w in sorted({0, default_overlap(L)}):
                 with torch.no_grad():
                     r = solve(cell, x, method="block_jacobi", block=L, overlap=w, tol=tol, grad="none")
-                rows.append(dict(cell=name, L=L, w=w, sweeps=r.iterations, steps=r.iterations * (L + w),
-                                 work=r.iterations * (L + w) / L, rows=B * blocks(T, L),
-                                 error=float((r.states - ref).abs().max()), converged=r.converged))
+                rows.append(
+                    dict(
+                        cell=name,
+                        L=L,
+                        w=w,
+                        sweeps=r.iterations,
+                        steps=r.iterations * (L + w),
+                        work=r.iterations * (L + w) / L,
+                        rows=B * blocks(T, L),
+                        error=float((r.states - ref).abs().max()),
+                        converged=r.converged,
+                    )
+                )
     return rows
 
 
@@ -233,8 +273,14 @@ def plot_block_table(rows: list[dict], T: int, ax=None):
     keys = sorted({(r["cell"], r["w"] > 0) for r in rows})
     for i, (name, overlap) in enumerate(keys):
         pts = [r for r in rows if r["cell"] == name and (r["w"] > 0) == overlap]
-        ax.loglog([r["L"] for r in pts], [r["steps"] for r in pts], "o-" if overlap else "s--", ms=4,
-                  color=f"C{i}", label=f"{name}, {'w = L/4' if overlap else 'no overlap'}")
+        ax.loglog(
+            [r["L"] for r in pts],
+            [r["steps"] for r in pts],
+            "o-" if overlap else "s--",
+            ms=4,
+            color=f"C{i}",
+            label=f"{name}, {'w = L/4' if overlap else 'no overlap'}",
+        )
     ax.axhline(T, color="k", lw=1, ls=":", label=f"the loop: T = {T} steps")
     ax.set(xlabel="block length L", ylabel="sequential steps to tol", title="block Jacobi: depth vs L")
     ax.grid(True, which="both", alpha=0.3)

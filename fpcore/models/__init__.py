@@ -6,6 +6,7 @@ whose recurrent layers are evaluated by a chosen fixed-point method (:mod:`fpcor
 >>> y, state = rnn(x)              # parallel: one scan per recurrence        # doctest: +SKIP
 >>> y_seq, _ = rnn.sequential(x)   # the step-by-step oracle, same numbers    # doctest: +SKIP
 """
+
 from fpcore.models.lm import RNNLM
 from fpcore.models.surrogates import GILR, GILRLSTM, LAYERS, QRNN, SRU, SurrogateStack, make_layer
 

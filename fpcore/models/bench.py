@@ -17,40 +17,54 @@ where one ran (``x_serial``), and the max-abs-error of the forward output agains
 with the loop recurrence. Quick (default): H = 64, B T = 4,096, T in {16, 256, 4096}, CPU-sized.
 ``--full``: H = 256, B T = 65,536, T in {16, 256, 4096, 65536}. Writes results/surrogate_speed_<device>.json/.png.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 
 from fpcore.bench import comma_list
-from fpcore.models.surrogates import state_tensors
 
 HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
 
-MODELS = {"sru": ("sru", {}), "qrnn2": ("qrnn", {"window": 2}), "qrnn10": ("qrnn", {"window": 10}),
-          "gilr-lstm": ("gilr-lstm", {})}
+MODELS = {
+    "sru": ("sru", {}),
+    "qrnn2": ("qrnn", {"window": 2}),
+    "qrnn10": ("qrnn", {"window": 10}),
+    "gilr-lstm": ("gilr-lstm", {}),
+}
 PROVIDERS = ("loop", "numba", "torch", "cupy")
 QUICK = {"hidden": 64, "layers": 2, "tokens": 4096, "seq_lens": [16, 256, 4096], "repeat": 3}
 FULL = {"hidden": 256, "layers": 2, "tokens": 65536, "seq_lens": [16, 256, 4096, 65536], "repeat": 5}
 _BACKEND = {"loop": "ref", "numba": "numba", "torch": "torch", "cupy": "cupy"}
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--full", action="store_true", help="paper scale: H = 256, B*T = 65536, T up to 65536")
-    p.add_argument("--models", type=comma_list(tuple(MODELS)), default=list(MODELS),
-                   help=f"comma list from {', '.join(MODELS)} (default all)")
-    p.add_argument("--providers", type=comma_list(PROVIDERS), default=list(PROVIDERS),
-                   help=f"comma list from {', '.join(PROVIDERS)} (default: all that run here)")
+    p.add_argument(
+        "--models",
+        type=comma_list(tuple(MODELS)),
+        default=list(MODELS),
+        help=f"comma list from {', '.join(MODELS)} (default all)",
+    )
+    p.add_argument(
+        "--providers",
+        type=comma_list(PROVIDERS),
+        default=list(PROVIDERS),
+        help=f"comma list from {', '.join(PROVIDERS)} (default: all that run here)",
+    )
     p.add_argument("--hidden", type=int, help="width H of both layers (default: by profile)")
     p.add_argument("--tokens", type=int, help="B * T, fixed (default: by profile)")
-    p.add_argument("--seq-lens", type=comma_list(None, int), help="T values, each dividing --tokens (default: by profile)")
+    p.add_argument(
+        "--seq-lens", type=comma_list(None, int), help="T values, each dividing --tokens (default: by profile)"
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
-    p.add_argument("--threads", type=int, help="torch CPU threads while timing (default: torch's; 1 is steadier "
-                   "on a busy machine)")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads while timing (default: torch's; 1 is steadier on a busy machine)"
+    )
     p.add_argument("--name", help="result file stem (default surrogate_speed_<device>)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -117,7 +131,7 @@ def _run_table(args) -> dict:
             y_ref = ref_model(x.detach().double(), backend="ref")[0]
         del ref_model
 
-        def step(backend):
+        def step(backend, model=model, x=x, leaves=leaves, gout=gout):
             if threads is not None and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)  # Numba's OpenMP start-up (first scan) resets torch's count
             y, _ = model(x, backend=backend)
@@ -133,24 +147,50 @@ def _run_table(args) -> dict:
         serial = "numba" if "numba" in timed else None
         for p in providers:
             t = timed[p]["median"]
-            rows.append({"model": name, "T": T, "B": B, "H": H, "provider": p, "ms": t * 1e3,
-                         "min_ms": timed[p]["min"] * 1e3,
-                         "x_loop": (t_loop / t) if t_loop else None,
-                         "x_serial": (timed[serial]["median"] / t) if serial else None,
-                         "max_abs_err": errs[p]})
+            rows.append(
+                {
+                    "model": name,
+                    "T": T,
+                    "B": B,
+                    "H": H,
+                    "provider": p,
+                    "ms": t * 1e3,
+                    "min_ms": timed[p]["min"] * 1e3,
+                    "x_loop": (t_loop / t) if t_loop else None,
+                    "x_serial": (timed[serial]["median"] / t) if serial else None,
+                    "max_abs_err": errs[p],
+                }
+            )
         for p in not_here:
-            rows.append({"model": name, "T": T, "B": B, "H": H, "provider": p,
-                         "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}"})
+            rows.append(
+                {
+                    "model": name,
+                    "T": T,
+                    "B": B,
+                    "H": H,
+                    "provider": p,
+                    "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}",
+                }
+            )
         del x, gout, y_ref, model
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # a shared machine's timings need this
     return {
-        "config": {"device": str(device), "dtype": args.dtype, "load_average_1_5_15_min": load, "hidden": H,
-                   "layers": prof["layers"],
-                   "tokens_B_times_T": tokens, "seq_lens": seq_lens, "models": args.models,
-                   "providers": args.providers, "repeat": repeat, "torch_threads": torch.get_num_threads(),
-                   "warmup": args.warmup,
-                   "timed": "forward + backward (grads of x and all parameters)",
-                   "error": "max |y - y_float64_loop| of the forward output"},
+        "config": {
+            "device": str(device),
+            "dtype": args.dtype,
+            "load_average_1_5_15_min": load,
+            "hidden": H,
+            "layers": prof["layers"],
+            "tokens_B_times_T": tokens,
+            "seq_lens": seq_lens,
+            "models": args.models,
+            "providers": args.providers,
+            "repeat": repeat,
+            "torch_threads": torch.get_num_threads(),
+            "warmup": args.warmup,
+            "timed": "forward + backward (grads of x and all parameters)",
+            "error": "max |y - y_float64_loop| of the forward output",
+        },
         "rows": rows,
         "targets": _targets(rows, device),
     }
@@ -212,8 +252,10 @@ def run(args) -> int:
         print(f"target {key}: {t['value']:.2f} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
     if not args.no_save:
         c = payload["config"]
-        title = (f"{c['layers']} layers x {c['hidden']}, B*T = {c['tokens_B_times_T']}, {c['dtype']}, fwd+bwd, "
-                 f"{device_name(device)}, torch {torch.__version__}")
+        title = (
+            f"{c['layers']} layers x {c['hidden']}, B*T = {c['tokens_B_times_T']}, {c['dtype']}, fwd+bwd, "
+            f"{device_name(device)}, torch {torch.__version__}"
+        )
         name = args.name or f"surrogate_speed_{bench.device_tag(device)}"
         for path in bench.save(name, payload, figure(payload, title), device=device):
             print(f"wrote {path}")

@@ -27,6 +27,7 @@ after every optimizer step (:func:`fpcore.stability.project_model_`); the traine
 State between windows: a tuple with one entry per layer, ``h`` [B, H] (LSTM: (h, c)), plus the previous
 window's last k - 1 tokens for "truncated". The trainer detaches it between windows (truncated BPTT).
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,9 +54,20 @@ class RNNLM(nn.Module):
     tol        stopping tolerance of "newton" / "quasi_newton" (None: fpcore's default for the dtype)
     """
 
-    def __init__(self, vocab: int, hidden: int = 200, layers: int = 2, *, cell: str = "lstm",
-                 dropout: float = 0.0, tie: bool = False, method: str = "bptt", iters: int | None = None,
-                 tol: float | None = None, init_range: float = 0.1):
+    def __init__(
+        self,
+        vocab: int,
+        hidden: int = 200,
+        layers: int = 2,
+        *,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+        tie: bool = False,
+        method: str = "bptt",
+        iters: int | None = None,
+        tol: float | None = None,
+        init_range: float = 0.1,
+    ):
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"cell must be one of {', '.join(_CELLS)}, got {cell!r}")
@@ -126,7 +138,7 @@ class RNNLM(nn.Module):
                 h, _ = self._layer(i, h, None)
                 h = self.drop(h)
             logits = self.decoder(h[:, -T:])  # (B, T, V): drop the context positions
-            keep = full[:, -self.context:] if self.context else tokens.new_empty(B, 0)
+            keep = full[:, -self.context :] if self.context else tokens.new_empty(B, 0)
             return logits, keep
         h = self.drop(self.embed(tokens))  # (B, T, H)
         new_state = []

@@ -24,10 +24,10 @@ GILR-LSTM     h~_t = GILR(x)_t;  c_t = f_t c_{t-1} + i_t z_t           h_t = o_t
 SRU           c_t = f_t c_{t-1} + (1 - f_t) x~_t                       h_t = r_t tanh(c_t) + (1 - r_t) x_t
 QRNN(w)       c_t = f_t c_{t-1} + (1 - f_t) z_t  (gates: width-w conv)  h_t = o_t c_t
 """
+
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fpcore.scan import linear_scan
@@ -43,8 +43,9 @@ def _check_input(layer: nn.Module, x, what: str = "x") -> None:
     if x.dim() != 3:
         raise ValueError(f"{name}: {what} must be batch-first [B, T, D], got shape {tuple(x.shape)}")
     if x.shape[-1] != layer.input_size:
-        raise ValueError(f"{name}: {what} has D = {x.shape[-1]} features but the layer expects "
-                         f"input_size = {layer.input_size}")
+        raise ValueError(
+            f"{name}: {what} has D = {x.shape[-1]} features but the layer expects input_size = {layer.input_size}"
+        )
     if x.shape[1] == 0:
         raise ValueError(f"{name}: {what} is an empty sequence (T = 0); need T >= 1")
     if not x.is_floating_point():
@@ -68,8 +69,9 @@ def _check_state(layer: nn.Module, s, B: int, width: int, ref: torch.Tensor, wha
         got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
         raise ValueError(f"{name}: {what} must be a tensor of shape [B, {width}] = {(B, width)}, got {got}")
     if s.dtype != ref.dtype or s.device != ref.device:
-        raise ValueError(f"{name}: {what} must match x's dtype/device ({ref.dtype}, {ref.device}), "
-                         f"got ({s.dtype}, {s.device})")
+        raise ValueError(
+            f"{name}: {what} must match x's dtype/device ({ref.dtype}, {ref.device}), got ({s.dtype}, {s.device})"
+        )
     return s
 
 
@@ -178,7 +180,7 @@ class GILRLSTM(_Layer):
         self.rec = nn.Linear(H, 4 * H, bias=False)
         with torch.no_grad():
             self.proj.bias[0:H].fill_(forget_bias)  # surrogate gate
-            self.proj.bias[2 * H:3 * H].fill_(forget_bias)  # LSTM forget gate
+            self.proj.bias[2 * H : 3 * H].fill_(forget_bias)  # LSTM forget gate
 
     @torch.no_grad()
     def chrono_init_(self, t_max: float) -> GILRLSTM:
@@ -194,10 +196,11 @@ class GILRLSTM(_Layer):
 
         def draw():
             return torch.log(torch.empty(H, dtype=bias.dtype, device=bias.device).uniform_(1.0, t_max - 1.0))
+
         bias[0:H] = draw()  # surrogate gate
         b_f = draw()
-        bias[2 * H:3 * H] = b_f  # forget gate
-        bias[3 * H:4 * H] = -b_f  # input gate
+        bias[2 * H : 3 * H] = b_f  # forget gate
+        bias[3 * H : 4 * H] = -b_f  # input gate
         return self
 
     def _cell_gates(self, pre_x: torch.Tensor, pre_h: torch.Tensor):
@@ -211,8 +214,10 @@ class GILRLSTM(_Layer):
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise ValueError("GILRLSTM: state must be a pair (h~_0, c_0) of [B, H] tensors, or None")
         B = x.shape[0]
-        return (_check_state(self, state[0], B, self.hidden_size, x, "state[0] (h~_0)"),
-                _check_state(self, state[1], B, self.hidden_size, x, "state[1] (c_0)"))
+        return (
+            _check_state(self, state[0], B, self.hidden_size, x, "state[0] (h~_0)"),
+            _check_state(self, state[1], B, self.hidden_size, x, "state[1] (c_0)"),
+        )
 
     def forward(self, x, state=None, *, backend: str | None = None):
         _check_input(self, x)
@@ -235,10 +240,10 @@ class GILRLSTM(_Layer):
         out = []
         for t in range(T):
             pre = self.proj(x[:, t])  # (B, 6H)
-            f, i, o, z = self._cell_gates(pre[:, 2 * H:], self.rec(s))  # s is \tilde h_{t-1}
+            f, i, o, z = self._cell_gates(pre[:, 2 * H :], self.rec(s))  # s is \tilde h_{t-1}
             c = f * c + i * z
             out.append(o * c)
-            sg, si = torch.sigmoid(pre[:, :H]), torch.tanh(pre[:, H:2 * H])
+            sg, si = torch.sigmoid(pre[:, :H]), torch.tanh(pre[:, H : 2 * H])
             s = sg * s + (1 - sg) * si  # now \tilde h_t
         return torch.stack(out, dim=1), (s, c)  # (B, T, H)
 
@@ -265,7 +270,7 @@ class SRU(_Layer):
         self.proj = nn.Linear(input_size, 3 * H)  # [W; W_f; W_r] x + [0; b_f; b_r]
         with torch.no_grad():
             self.proj.bias[:H].zero_()
-            self.proj.bias[H:2 * H].fill_(forget_bias)
+            self.proj.bias[H : 2 * H].fill_(forget_bias)
         self.highway = nn.Identity() if input_size == H else nn.Linear(input_size, H, bias=False)
 
     def _gates(self, pre):
@@ -309,15 +314,16 @@ class QRNN(_Layer):
     (c_0 [B, H], x_tail [B, w-1, D_in]) or None (zeros: the sequence starts here).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, window: int = 2, *, forget_bias: float = 0.0,
-                 backend: str = "auto"):
+    def __init__(
+        self, input_size: int, hidden_size: int, window: int = 2, *, forget_bias: float = 0.0, backend: str = "auto"
+    ):
         super().__init__(input_size, hidden_size, backend=backend)
         _check_positive("QRNN", window=window)
         self.window = window
         H = hidden_size
         self.conv = nn.Conv1d(input_size, 3 * H, kernel_size=window)  # [W_z; W_f; W_o], no padding: we pad
         with torch.no_grad():
-            self.conv.bias[H:2 * H].fill_(forget_bias)
+            self.conv.bias[H : 2 * H].fill_(forget_bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"
@@ -345,7 +351,7 @@ class QRNN(_Layer):
         pre = self.conv(xe.transpose(1, 2)).transpose(1, 2)  # conv wants (B, D, T); back to (B, T, 3H)
         z, f, o = self._gates(pre)
         c = self._scan(f, (1 - f) * z, c0, backend)
-        return o * c, (c[:, -1], xe[:, xe.shape[1] - (self.window - 1):])
+        return o * c, (c[:, -1], xe[:, xe.shape[1] - (self.window - 1) :])
 
     def sequential(self, x, state=None):
         _check_input(self, x)
@@ -357,12 +363,12 @@ class QRNN(_Layer):
         weight = self.conv.weight  # (3H, D, w): tap k multiplies x_{t-w+1+k}
         out = []
         for t in range(T):
-            window = xe[:, t:t + w]  # x_{t-w+1..t}, (B, w, D)
+            window = xe[:, t : t + w]  # x_{t-w+1..t}, (B, w, D)
             pre = torch.einsum("bkd,hdk->bh", window, weight) + self.conv.bias  # (B, 3H)
             z, f, o = self._gates(pre)
             c = f * c + (1 - f) * z
             out.append(o * c)
-        return torch.stack(out, dim=1), (c, xe[:, xe.shape[1] - (w - 1):])
+        return torch.stack(out, dim=1), (c, xe[:, xe.shape[1] - (w - 1) :])
 
 
 # --------------------------------------------------------------------------------------------------

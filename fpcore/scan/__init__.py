@@ -27,6 +27,7 @@ All backends share one ``torch.autograd.Function`` (:class:`LinearScanFunction`)
 reverse scan with shifted gates (paper C, section 2.2). A backend may offer a fused
 ``scan_backward``; otherwise the generic one below runs its ``scan`` on the shifted gates.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -110,8 +111,11 @@ def _choose(backend: str, device: torch.device) -> str:
             _warned.add(kind)
             if why is None:
                 why = "Numba is not installed" if fast == "numba" else "CuPy is not installed or cannot use this GPU"
-            warnings.warn(f"fpcore.linear_scan: {why}; using the slower '{fallback}' backend on {kind}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"fpcore.linear_scan: {why}; using the slower '{fallback}' backend on {kind}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return fallback
     spec = BACKENDS.get(backend)
     if spec is None:
@@ -172,8 +176,13 @@ class LinearScanFunction(torch.autograd.Function):
         else:
             da, db, dh0 = _generic_backward(scan, a, h, h0, grad, reverse=ctx.reverse)
         need = ctx.needs_input_grad
-        return (da if need[0] else None, db if need[1] else None,
-                dh0.to(h0.dtype) if h0 is not None and need[2] else None, None, None)
+        return (
+            da if need[0] else None,
+            db if need[1] else None,
+            dh0.to(h0.dtype) if h0 is not None and need[2] else None,
+            None,
+            None,
+        )
 
 
 def _check(a, b, h0, reverse) -> None:
@@ -183,7 +192,9 @@ def _check(a, b, h0, reverse) -> None:
     if a.dim() != 3:
         raise ValueError(f"linear_scan: a must be [B, T, D], got shape {tuple(a.shape)}")
     if b.shape != a.shape:
-        raise ValueError(f"linear_scan: a and b must have the same shape [B, T, D], got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"linear_scan: a and b must have the same shape [B, T, D], got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[1] == 0:
         raise ValueError("linear_scan: T = 0 (empty sequence); need T >= 1")
     if not a.is_floating_point() or not b.is_floating_point():
@@ -206,8 +217,9 @@ def _check(a, b, h0, reverse) -> None:
         raise ValueError(f"linear_scan: reverse must be a bool, got {reverse!r}")
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, reverse: bool = False,
-                backend: str = "auto") -> torch.Tensor:
+def linear_scan(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, reverse: bool = False, backend: str = "auto"
+) -> torch.Tensor:
     """Solve the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` for all t at once.
 
     reverse=False: h_t = a_t * h_{t-1} + b_t for t = 1..T, with h_0 = h0.

@@ -9,6 +9,7 @@ computation beside every timing. Providers that cannot run say why in the table.
 Quick (default): CPU-sized sweep, a couple of minutes. --full: the GPU sweep (T = 2^10..2^20 at
 (8, 256), (1, 1536), (8, 1536), (16, 64)). Writes results/scan_<device>.json and .png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,35 @@ from fpcore.bench import comma_list
 
 HELP = "linear scan: providers x T x (B, D), fwd/bwd, GB/s, ratio to a memory-bound op, error vs float64"
 
-PROVIDERS = ("loop", "torch", "numba", "numba_out", "cupy", "accelerated_scan_warp", "accelerated_scan_scalar",
-             "assoc_scan")
+PROVIDERS = (
+    "loop",
+    "torch",
+    "numba",
+    "numba_out",
+    "cupy",
+    "accelerated_scan_warp",
+    "accelerated_scan_scalar",
+    "assoc_scan",
+)
 MODES = ("fwd", "bwd", "fwdbwd")
 LOOP_MAX_ELEMENTS = 1 << 20  # the Python loop's backward is thousands of small ops: keep it to small points
 BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwdbwd": 8}  # tensors of N elements read or written, at minimum
-QUICK = {"shapes": [(8, 256), (1, 16)], "log2_t": (10, 20), "max_elements": 1 << 24, "repeat": 5,
-         "max_seconds": 1.0, "loop_max_t": 1024}
-FULL = {"shapes": [(8, 256), (1, 1536), (8, 1536), (16, 64)], "log2_t": (10, 20), "max_elements": 1 << 30,
-        "repeat": 10, "max_seconds": 2.0, "loop_max_t": 4096}
+QUICK = {
+    "shapes": [(8, 256), (1, 16)],
+    "log2_t": (10, 20),
+    "max_elements": 1 << 24,
+    "repeat": 5,
+    "max_seconds": 1.0,
+    "loop_max_t": 1024,
+}
+FULL = {
+    "shapes": [(8, 256), (1, 1536), (8, 1536), (16, 64)],
+    "log2_t": (10, 20),
+    "max_elements": 1 << 30,
+    "repeat": 10,
+    "max_seconds": 2.0,
+    "loop_max_t": 4096,
+}
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -48,7 +69,6 @@ def _log2_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--full", action="store_true", help="the full GPU sweep (bigger shapes, T up to 2^20)")
@@ -56,12 +76,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log2-t", type=_log2_range, help="T range as log2 exponents, e.g. 10:20")
     p.add_argument("--max-elements", type=int, help="skip points with B*T*D above this (default: by profile)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
-    p.add_argument("--providers", type=comma_list(PROVIDERS), default=list(PROVIDERS),
-                   help=f"comma list from {', '.join(PROVIDERS)} (default: all that run)")
+    p.add_argument(
+        "--providers",
+        type=comma_list(PROVIDERS),
+        default=list(PROVIDERS),
+        help=f"comma list from {', '.join(PROVIDERS)} (default: all that run)",
+    )
     p.add_argument("--modes", type=comma_list(MODES), default=list(MODES), help="comma list of fwd,bwd,fwdbwd")
     p.add_argument("--loop-max-t", type=int, help="run the Python loop only up to this T (default: by profile)")
-    p.add_argument("--max-seconds", type=float,
-                   help="drop a provider for larger T of a shape once one call takes longer (default: by profile)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="drop a provider for larger T of a shape once one call takes longer (default: by profile)",
+    )
     p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
     p.add_argument("--name", help="result file stem (default scan_<device>)")
@@ -104,6 +131,7 @@ def _provider(name: str, device, T: int, args):
             if out is None:
                 out = buf[a.shape] = torch.empty_like(a)
             return numba_backend.scan(a, b, None, reverse=False, out=out)
+
         return into_out
     if name.startswith("accelerated_scan"):
         kind = name.rsplit("_", 1)[1]
@@ -118,6 +146,7 @@ def _provider(name: str, device, T: int, args):
 
         def acc_scan(a, b):  # its layout is (B, C, T): the one transpose, outside the kernel's own work
             return mod.scan(a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous()).transpose(1, 2)  # (B, T, D)
+
         return acc_scan
     if name == "assoc_scan":
         try:
@@ -130,6 +159,7 @@ def _provider(name: str, device, T: int, args):
 
         def assoc(a, b):
             return associative_scan(op, (a, b), dim=1, combine_mode="generic")[1]
+
         return assoc
     raise _Skip(f"unknown provider {name}")
 
@@ -205,29 +235,65 @@ def run_sweep(args) -> dict:
                     skips[name] = str(why)
                 except Exception as err:  # a provider that breaks on this input: say so, keep going
                     skips[name] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-            timed = bench.time_side_by_side({base_name: base_fn, **fns}, device=device, warmup=args.warmup,
-                                            repeat=repeat)
+            timed = bench.time_side_by_side(
+                {base_name: base_fn, **fns}, device=device, warmup=args.warmup, repeat=repeat
+            )
             t_base, t_base_min = timed[base_name]["median"], timed[base_name]["min"]
             scale = BYTES_PER_ELEMENT[mode] / 3  # the baseline moves the forward's 3 N elements
-            rows.append(_row(B, T, D, mode, f"membound:{base_name}", t_base * scale, timed[base_name]["min"] * scale,
-                             None, N * esize * 3 * scale, 1.0, 1.0))
+            rows.append(
+                _row(
+                    B,
+                    T,
+                    D,
+                    mode,
+                    f"membound:{base_name}",
+                    t_base * scale,
+                    timed[base_name]["min"] * scale,
+                    None,
+                    N * esize * 3 * scale,
+                    1.0,
+                    1.0,
+                )
+            )
             for name in fns:
                 t = timed[name]["median"]
-                rows.append(_row(B, T, D, mode, name, t, timed[name]["min"], errs[name],
-                                 N * esize * BYTES_PER_ELEMENT[mode], t / (t_base * scale),
-                                 timed[name]["min"] / (t_base_min * scale)))
+                rows.append(
+                    _row(
+                        B,
+                        T,
+                        D,
+                        mode,
+                        name,
+                        t,
+                        timed[name]["min"],
+                        errs[name],
+                        N * esize * BYTES_PER_ELEMENT[mode],
+                        t / (t_base * scale),
+                        timed[name]["min"] / (t_base_min * scale),
+                    )
+                )
                 if t > args.max_seconds:
                     dropped.setdefault((B, D, mode), {})[name] = f"{mode} dropped after {t:.1f} s at T={T}"
             for name, why in skips.items():
                 rows.append({"B": B, "T": T, "D": D, "mode": mode, "provider": name, "skipped": why})
         del href, da_ref, db_ref, a, b, gout
     return {
-        "config": {"dtype": args.dtype, "device": str(device), "shapes": shapes, "log2_t": [lo, hi],
-                   "max_elements": max_el, "repeat": repeat, "warmup": args.warmup, "providers": args.providers,
-                   "modes": args.modes, "gates": "U(0.9, 1)", "inputs": "N(0, 1)",
-                   "bytes_per_element": BYTES_PER_ELEMENT,
-                   "load_average_before_after": [load_before, _loadavg()],
-                   "cpu_threads": torch.get_num_threads()},
+        "config": {
+            "dtype": args.dtype,
+            "device": str(device),
+            "shapes": shapes,
+            "log2_t": [lo, hi],
+            "max_elements": max_el,
+            "repeat": repeat,
+            "warmup": args.warmup,
+            "providers": args.providers,
+            "modes": args.modes,
+            "gates": "U(0.9, 1)",
+            "inputs": "N(0, 1)",
+            "bytes_per_element": BYTES_PER_ELEMENT,
+            "load_average_before_after": [load_before, _loadavg()],
+            "cpu_threads": torch.get_num_threads(),
+        },
         "rows": rows,
         "targets": _targets(rows, device),
     }
@@ -261,9 +327,19 @@ def _mode_fn(fwd, mode, a, b, gout, href, da_ref, db_ref, torch):
 def _row(B, T, D, mode, provider, seconds, min_seconds, err, nbytes, ratio, ratio_min):
     from fpcore import bench
 
-    return {"B": B, "T": T, "D": D, "mode": mode, "provider": provider, "ms": seconds * 1e3,
-            "min_ms": min_seconds * 1e3, "GB/s": bench.gbps(nbytes, seconds), "x_membound": ratio, "x_membound_min": ratio_min,
-            "max_abs_err": err}
+    return {
+        "B": B,
+        "T": T,
+        "D": D,
+        "mode": mode,
+        "provider": provider,
+        "ms": seconds * 1e3,
+        "min_ms": min_seconds * 1e3,
+        "GB/s": bench.gbps(nbytes, seconds),
+        "x_membound": ratio,
+        "x_membound_min": ratio_min,
+        "max_abs_err": err,
+    }
 
 
 def _targets(rows, device) -> dict:
@@ -281,23 +357,35 @@ def _targets(rows, device) -> dict:
         for prov in ("numba", "numba_out", "torch"):
             r = find(8, 4096, 256, "fwd", prov)
             if r:
-                out[f"cpu_fwd_8x4096x256_{prov}_x_addcmul"] = {"value": r["x_membound"], "target": 2.0,
-                                                               "met": r["x_membound"] <= 2.0,
-                                                               "value_from_min_times": r["x_membound_min"]}
+                out[f"cpu_fwd_8x4096x256_{prov}_x_addcmul"] = {
+                    "value": r["x_membound"],
+                    "target": 2.0,
+                    "met": r["x_membound"] <= 2.0,
+                    "value_from_min_times": r["x_membound_min"],
+                }
     else:
         r = find(8, 65536, 1536, "fwd", "cupy")
         if r:
-            out["gpu_fwd_8x65536x1536_cupy_x_copy"] = {"value": r["x_membound"], "target": 1.25,
-                                                       "met": r["x_membound"] <= 1.25}
+            out["gpu_fwd_8x65536x1536_cupy_x_copy"] = {
+                "value": r["x_membound"],
+                "target": 1.25,
+                "met": r["x_membound"] <= 1.25,
+            }
             rb = find(8, 65536, 1536, "bwd", "cupy")
             if rb:
-                out["gpu_bwd_over_fwd_8x65536x1536_cupy"] = {"value": rb["ms"] / r["ms"], "target": 1.5,
-                                                             "met": rb["ms"] / r["ms"] <= 1.5}
+                out["gpu_bwd_over_fwd_8x65536x1536_cupy"] = {
+                    "value": rb["ms"] / r["ms"],
+                    "target": 1.5,
+                    "met": rb["ms"] / r["ms"] <= 1.5,
+                }
             for acc in ("accelerated_scan_warp", "accelerated_scan_scalar"):
                 ra = find(8, 65536, 1536, "fwd", acc)
                 if ra:
-                    out[f"gpu_fwd_cupy_over_{acc}"] = {"value": r["ms"] / ra["ms"], "target": 1.0,
-                                                       "met": r["ms"] < ra["ms"]}
+                    out[f"gpu_fwd_cupy_over_{acc}"] = {
+                        "value": r["ms"] / ra["ms"],
+                        "target": 1.0,
+                        "met": r["ms"] < ra["ms"],
+                    }
     return out
 
 
@@ -319,8 +407,7 @@ def figure(payload: dict, title: str):
             for prov in providers + ["membound"]:
                 pts = sorted((r["T"], r["ms"]) for r in sel if r["provider"].split(":")[0] == prov)
                 if pts:
-                    ax.loglog(*zip(*pts), style, marker=".", color=colors.get(prov, "black"),
-                              label=f"{prov} {mode}")
+                    ax.loglog(*zip(*pts), style, marker=".", color=colors.get(prov, "black"), label=f"{prov} {mode}")
         ax.set(title=f"B={B}, D={D}", xlabel="T", ylabel="time (ms)")
         ax.grid(True, which="both", alpha=0.3)
     seen = {}
@@ -358,9 +445,11 @@ def run(args) -> int:
         print(f"target {key}: {t['value']:.2f}{extra} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
     if not args.no_save:
         load = payload["config"]["load_average_before_after"]
-        title = (f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__}, load avg {load}\n"
-                 f"(solid: forward, dashed: forward+backward, black: memory-bound op; median of "
-                 f"{payload['config']['repeat']} interleaved rounds)")
+        title = (
+            f"linear scan, {args.dtype}, {device_name(device)}, torch {torch.__version__}, load avg {load}\n"
+            f"(solid: forward, dashed: forward+backward, black: memory-bound op; median of "
+            f"{payload['config']['repeat']} interleaved rounds)"
+        )
         fig = figure(payload, title)
         name = args.name or f"scan_{bench.device_tag(device)}"
         for path in bench.save(name, payload, fig, device=device):

@@ -13,6 +13,7 @@ memory that is cached per (device, dtype) and grown, never allocated per call.
 Equation, shapes and dtypes as :func:`fpcore.linear_scan`: fp32 / fp16 / bf16 accumulate in fp32,
 fp64 in fp64; any T >= 1. The backward is one fused launch (g and dL/da together).
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,12 @@ __all__ = ["available", "scan", "scan_backward", "launch_config"]
 SOURCE = Path(__file__).with_name("scan_kernels.cu")
 W, L = 8, 8  # must match FPCORE_W, FPCORE_L in the source
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
-_ACC = {torch.float32: torch.float32, torch.float64: torch.float64, torch.float16: torch.float32,
-        torch.bfloat16: torch.float32}
+_ACC = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+}
 _MAX_GROUPS = 256
 _lock = threading.Lock()
 _scratch: dict = {}
@@ -45,7 +50,7 @@ def available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(device_index: int):
     import cupy
 
@@ -71,7 +76,7 @@ def usable(device_index: int) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -120,7 +125,7 @@ def _launch(a, b, h0, out, *, reverse, shifted, hf=None, hb=None, da=None):
     acc = _ACC[a.dtype]
     torch_stream = torch.cuda.current_stream(dev)
     scratch = _scratch_for(dev, acc, groups * B * D, torch_stream.cuda_stream)
-    aggA, aggH = scratch[: groups * B * D], scratch[groups * B * D: 2 * groups * B * D]
+    aggA, aggH = scratch[: groups * B * D], scratch[groups * B * D : 2 * groups * B * D]
     dummy = out  # a valid pointer for arguments a flag switches off
     grid = (B * (-(-D // 32)), groups)
     block = (32, W)
@@ -132,20 +137,45 @@ def _launch(a, b, h0, out, *, reverse, shifted, hf=None, hb=None, da=None):
         cagA, cagH = _cp(aggA), _cp(aggH)
         if groups > 1:
             module.get_function(f"scan_reduce_{suffix}")(
-                grid, block, (ca, cb, i64(B), i64(T), i64(D), i64(span), i32(reverse), i32(shifted), cagA, cagH))
+                grid, block, (ca, cb, i64(B), i64(T), i64(D), i64(span), i32(reverse), i32(shifted), cagA, cagH)
+            )
         module.get_function(f"scan_main_{suffix}")(
-            grid, block,
-            (ca, cb, _cp(h0 if h0 is not None else dummy), _cp(out), _cp(hf if hf is not None else dummy),
-             _cp(hb if hb is not None else dummy), _cp(da if da is not None else dummy), cagA, cagH,
-             i64(B), i64(T), i64(D), i64(span), i32(reverse), i32(shifted), i32(h0 is not None),
-             i32(da is not None), i32(hb is not None)))
+            grid,
+            block,
+            (
+                ca,
+                cb,
+                _cp(h0 if h0 is not None else dummy),
+                _cp(out),
+                _cp(hf if hf is not None else dummy),
+                _cp(hb if hb is not None else dummy),
+                _cp(da if da is not None else dummy),
+                cagA,
+                cagH,
+                i64(B),
+                i64(T),
+                i64(D),
+                i64(span),
+                i32(reverse),
+                i32(shifted),
+                i32(h0 is not None),
+                i32(da is not None),
+                i32(hb is not None),
+            ),
+        )
 
 
 def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: bool) -> torch.Tensor:
     """``h_t = a_t * h_{t-1} + b_t`` (reverse: ``h_{t+1}``) on CUDA; a, b [B, T, D] contiguous, h0 [B, D] or None."""
     out = torch.empty_like(b)
-    _launch(a.contiguous(), b.contiguous(), None if h0 is None else h0.contiguous(), out,
-            reverse=bool(reverse), shifted=False)
+    _launch(
+        a.contiguous(),
+        b.contiguous(),
+        None if h0 is None else h0.contiguous(),
+        out,
+        reverse=bool(reverse),
+        shifted=False,
+    )
     return out
 
 
@@ -158,8 +188,9 @@ def scan_backward(a, h, h0, grad, *, reverse: bool):
     a, h, grad = a.contiguous(), h.contiguous(), grad.contiguous()
     g = torch.empty_like(grad)
     da = torch.empty_like(grad)
-    _launch(a, grad, None, g, reverse=not reverse, shifted=True, hf=h,
-            hb=None if h0 is None else h0.contiguous(), da=da)
+    _launch(
+        a, grad, None, g, reverse=not reverse, shifted=True, hf=h, hb=None if h0 is None else h0.contiguous(), da=da
+    )
     first = a.shape[1] - 1 if reverse else 0  # h0 enters only the first step of the forward
     acc = _ACC[a.dtype]
     dh0 = (a[:, first].to(acc) * g[:, first].to(acc)).to(a.dtype)

@@ -10,6 +10,7 @@ running matrix product, scan the chunk carries recursively, then fix up with one
 Work O(T D^3), about 2 sqrt(T) Python steps, memory O(T D^2) (the size of A itself).
 Gradients flow by torch autograd through these ops (first and higher derivatives).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ def _check(A, b, h0):
     if A.device != b.device:
         raise ValueError(f"matrix_scan: A is on {A.device} but b is on {b.device}")
     if h0 is not None and (h0.shape != (B, D) or h0.dtype != b.dtype or h0.device != b.device):
-        raise ValueError(f"matrix_scan: h0 must be [B, D] = {[B, D]} with b's dtype/device, got "
-                         f"{list(h0.shape)} {h0.dtype} on {h0.device}")
+        raise ValueError(
+            f"matrix_scan: h0 must be [B, D] = {[B, D]} with b's dtype/device, got "
+            f"{list(h0.shape)} {h0.dtype} on {h0.device}"
+        )
 
 
 def matrix_loop(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ shapes and limits as :func:`fpcore.linear_scan`.
 The backward kernel is fused: one reverse pass computes g_t = dL/dh_t + a_{t+1} g_{t+1} (paper C,
 section 2.2) and dL/da_t = g_t * h_{t-1} together, reading a, dL/dh and h once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,12 +42,12 @@ def _forward_kernel(a2, b2, h0, out2, T, reverse, block):  # pragma: no cover - 
         i = task // nblk
         d0 = (task % nblk) * block
         n = min(block, D - d0)
-        h = h0[i, d0:d0 + n].copy()
+        h = h0[i, d0 : d0 + n].copy()
         for s in range(T):
             r = i * T + (T - 1 - s if reverse else s)
-            ar = a2[r, d0:d0 + n]
-            br = b2[r, d0:d0 + n]
-            orow = out2[r, d0:d0 + n]
+            ar = a2[r, d0 : d0 + n]
+            br = b2[r, d0 : d0 + n]
+            orow = out2[r, d0 : d0 + n]
             for k in range(n):
                 v = ar[k] * h[k] + br[k]
                 h[k] = v
@@ -67,17 +68,17 @@ def _backward_kernel(a2, grad2, h2, h0, g2, da2, T, reverse, block):  # pragma: 
             t = s if reverse else T - 1 - s
             prev = t - 1 if reverse else t + 1  # the step this pass processed just before
             nxt = t + 1 if reverse else t - 1  # the forward's previous state
-            gr = grad2[i * T + t, d0:d0 + n]
+            gr = grad2[i * T + t, d0 : d0 + n]
             if prev >= 0 and prev < T:
-                ar = a2[i * T + prev, d0:d0 + n]
+                ar = a2[i * T + prev, d0 : d0 + n]
                 for k in range(n):
                     g[k] = ar[k] * g[k] + gr[k]
             else:
                 for k in range(n):
                     g[k] = gr[k]
-            hr = h2[i * T + nxt, d0:d0 + n] if (nxt >= 0 and nxt < T) else h0[i, d0:d0 + n]
-            grow = g2[i * T + t, d0:d0 + n]
-            darow = da2[i * T + t, d0:d0 + n]
+            hr = h2[i * T + nxt, d0 : d0 + n] if (nxt >= 0 and nxt < T) else h0[i, d0 : d0 + n]
+            grow = g2[i * T + t, d0 : d0 + n]
+            darow = da2[i * T + t, d0 : d0 + n]
             for k in range(n):
                 grow[k] = g[k]
                 darow[k] = g[k] * hr[k]
@@ -144,8 +145,9 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: bool,
-         out: torch.Tensor | None = None) -> torch.Tensor:
+def scan(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``h_t = a_t * h_{t-1} + b_t`` (reverse: ``h_{t+1}``) on CPU tensors; a, b [B, T, D], h0 [B, D] or None.
 
     ``out`` (internal, used by the benchmark to time the kernel apart from allocating 4 B * B*T*D of
@@ -159,8 +161,15 @@ def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: 
     if out is None or out.dtype != work:
         out = _empty(B, T, D, work)
     fn = _forward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _forward_ser
-    fn(_np(a).reshape(B * T, D), _np(b).reshape(B * T, D), _np(h0), out.numpy().reshape(B * T, D),
-                    T, bool(reverse), _block(B, D))  # [B, T, D] -> [B * T, D]: rows of one time step
+    fn(
+        _np(a).reshape(B * T, D),
+        _np(b).reshape(B * T, D),
+        _np(h0),
+        out.numpy().reshape(B * T, D),
+        T,
+        bool(reverse),
+        _block(B, D),
+    )  # [B, T, D] -> [B * T, D]: rows of one time step
     return out.to(out_dtype)
 
 
@@ -175,8 +184,17 @@ def scan_backward(a, h, h0, grad, *, reverse: bool):
     da = _empty(B, T, D, work)
     rows = lambda x: x.reshape(B * T, D)  # noqa: E731  [B, T, D] -> [B * T, D]
     fn = _backward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _backward_ser
-    fn(rows(_np(a_w)), rows(_np(grad_w)), rows(_np(h_w)), _np(h0_w), rows(g.numpy()), rows(da.numpy()),
-                     T, bool(reverse), _block(B, D))
+    fn(
+        rows(_np(a_w)),
+        rows(_np(grad_w)),
+        rows(_np(h_w)),
+        _np(h0_w),
+        rows(g.numpy()),
+        rows(da.numpy()),
+        T,
+        bool(reverse),
+        _block(B, D),
+    )
     first = T - 1 if reverse else 0  # dL/dh0 = a_first * g_first: h0 enters only the first step
     dh0 = a_w[:, first] * g[:, first]
     return da.to(out_dtype), g.to(out_dtype), dh0.to(out_dtype)

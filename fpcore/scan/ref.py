@@ -19,6 +19,7 @@ The tree scans can *record* what they do (``record=[]``): one entry per level, e
 ``{"phase": ..., "pairs": [(src, dst), ...]}`` meaning "dst := element[src] . element[dst]", which
 :func:`fpcore.scan.viz.draw_tree` turns into the step-by-step diagrams of notebook 01.
 """
+
 from __future__ import annotations
 
 import torch

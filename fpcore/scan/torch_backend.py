@@ -12,6 +12,7 @@ Paper C's algorithm (Martin & Cundy 2018, section 3) with torch ops instead of p
 Python steps: about 2 sqrt(T) instead of T. Equation, shapes and dtypes as :func:`fpcore.linear_scan`;
 fp16/bf16 are computed in float32 and returned in the input dtype.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Plot helpers only; the computations they draw live in :mod:`fpcore.scan.ref` and
 :mod:`fpcore.scan.bench`. Each returns the matplotlib Figure.
 """
+
 from __future__ import annotations
 
 __all__ = ["draw_tree", "draw_three_phase", "error_growth", "plot_error_growth"]
@@ -27,11 +28,11 @@ def draw_tree(record: list[dict], T: int, title: str = ""):
         for i in range(n):  # values that do not change at this level move straight down
             ax.plot([i, i], [y0, y1], color="0.85", lw=0.8, zorder=1)
         for src, dst in lvl["pairs"]:
-            ax.annotate("", xy=(dst, y1), xytext=(src, y0),
-                        arrowprops=dict(arrowstyle="->", color="C3", lw=1.3))
+            ax.annotate("", xy=(dst, y1), xytext=(src, y0), arrowprops=dict(arrowstyle="->", color="C3", lw=1.3))
             if lvl["phase"] == "down":
-                ax.annotate("", xy=(src, y1), xytext=(dst, y0),
-                            arrowprops=dict(arrowstyle="->", color="C2", lw=1.0, ls="--"))
+                ax.annotate(
+                    "", xy=(src, y1), xytext=(dst, y0), arrowprops=dict(arrowstyle="->", color="C2", lw=1.0, ls="--")
+                )
         ax.text(n - 0.3, (y0 + y1) / 2, f"{lvl['phase']} {lvl['offset']}", fontsize=8, va="center")
     ax.set_yticks([])
     ax.set_xticks(range(n))
@@ -51,7 +52,9 @@ def draw_three_phase(h, record: dict, title: str = "three-phase chunked scan"):
     ax.plot(h[0, :, 0].detach().cpu(), color="C0", lw=1, label="h_t (phase 3)")
     for c, ((lo, hi), carry) in enumerate(zip(record["bounds"], record["carries"])):
         ax.axvspan(lo - 0.5, hi - 0.5, color=f"C{c % 2 + 1}", alpha=0.12)
-        ax.scatter([lo - 0.5], [float(carry[0, 0])], color="C3", zorder=3, label="carry in (phase 2)" if c == 0 else None)
+        ax.scatter(
+            [lo - 0.5], [float(carry[0, 0])], color="C3", zorder=3, label="carry in (phase 2)" if c == 0 else None
+        )
     ax.set(xlabel="t", ylabel="h_t", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
