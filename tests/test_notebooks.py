@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -58,3 +60,55 @@ def test_reproduce_writes_every_notebook_and_reports_failures(tmp_path, monkeypa
     ran = nbformat.read(out / "notebooks" / "00_ok.ipynb", as_version=4)
     assert ran.cells[0].outputs[0]["text"].strip() == "profile quick"
     assert (out / "html" / "01_fails.html").read_text().count("arithmetic broke") >= 1
+
+
+# The notebooks written to the course's full shape (objectives, notation, summary, exercises with solutions that
+# run, references); every notebook is meant to join this list.
+COURSE = ["00_tour", "01_parallel_scan", "02_linear_surrogates_and_long_dependencies", "09_closing"]
+ARXIV = re.compile(r"arXiv\s+\[?(\d{4}\.\d{4,5})")
+DOI = re.compile(r"doi\s+\[?(10\.\d{4,9}/[^\s\]]+)")
+
+
+def _course(name: str):
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    assert path.exists(), f"{path.name} is in COURSE but not in notebooks/"
+    return nbformat.read(path, as_version=4)
+
+
+@pytest.mark.parametrize("name", COURSE)
+def test_course_notebook_has_the_course_shape(name):
+    nb = _course(name)
+    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    intro = md[0]
+    for what in ("**Learning objectives.**", "**Prerequisites.**"):
+        assert what in intro, f"{name}: the first cell states its {what.strip('*.').lower()}"
+    assert any("| symbol |" in m for m in md[:3]), f"{name}: a notation table near the top"
+    headings = [m.splitlines()[0] for m in md]
+    for heading in ("## Summary", "## Exercises", "## Solutions", "## References"):
+        assert any(h.startswith(heading) or f"\n{heading}" in m for h, m in zip(headings, md)), f"{name}: {heading}"
+    at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Solutions"))
+    assert any(c.cell_type == "code" and "assert " in c.source for c in nb.cells[at:]), f"{name}: solutions that assert"
+
+
+@pytest.mark.parametrize("name", COURSE)
+def test_every_cited_paper_is_in_the_references(name):
+    nb = _course(name)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    references = text[text.index("## References") :]
+    cited = set(ARXIV.findall(text)) | set(DOI.findall(text))
+    listed = set(ARXIV.findall(references)) | set(DOI.findall(references))
+    assert listed, f"{name}: the references give arXiv ids or DOIs"
+    assert cited <= listed, f"{name}: cited but not in its references: {sorted(cited - listed)}"
+
+
+@pytest.mark.parametrize("name", COURSE)
+def test_no_cell_echoes_a_generator(name):
+    """A cell ending in a bare ``torch.manual_seed(...)`` prints ``<torch._C.Generator at 0x...>`` as its output."""
+    for cell in _course(name).cells:
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        last = ast.parse(cell.source).body[-1]
+        if isinstance(last, ast.Expr) and isinstance(last.value, ast.Call):
+            func = last.value.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            assert called not in ("manual_seed", "seed_everything"), f"{name}: ends in {ast.unparse(last)}"

@@ -1,4 +1,4 @@
-"""Linear-surrogate RNNs: GILR, GILR-LSTM, SRU and QRNN (paper C, Martin & Cundy 2018, sections 4-5).
+"""Linear-surrogate RNNs: GILR, GILR-LSTM, SRU and QRNN (paper C, Martin & Cundy 2018, arXiv 1709.04057, section 3).
 
 Every layer here has a recurrence that is *linear* in its state once the gates are known, and the
 gates depend only on the inputs (never on the state they update). So the whole layer is
@@ -19,10 +19,18 @@ which can be passed back in to continue a sequence (truncated BPTT, streaming). 
 
 Layer         recurrence solved by the scan                            output
 -----------   ------------------------------------------------------   -------------------------------
-GILR          h_t = g_t h_{t-1} + (1 - g_t) i_t                        h_t
+GILR          h_t = g_t h_{t-1} + (1 - g_t) j_t                        h_t
 GILR-LSTM     h~_t = GILR(x)_t;  c_t = f_t c_{t-1} + i_t z_t           h_t = o_t c_t
 SRU           c_t = f_t c_{t-1} + (1 - f_t) x~_t                       h_t = r_t tanh(c_t) + (1 - r_t) x_t
 QRNN(w)       c_t = f_t c_{t-1} + (1 - f_t) z_t  (gates: width-w conv)  h_t = o_t c_t
+
+Notation is the series' (notebook 00): U are weights on the inputs x_t, W weights on the surrogate state
+h~_{t-1}; paper C writes V for the first and U for the second.
+
+Paper C's released code (github.com/eamartin/parallelizing_linear_rnns, ``layers_new.py`` at commit
+da10de3) differs from the equations in three places; these layers follow the papers' equations, and
+each class says where: GILR-LSTM's gates read h~_t there (h~_{t-1} here), its SRU has no tanh on c_t,
+and its ``QRNN(X, n)`` reads n - 1 inputs (w here).
 """
 
 from __future__ import annotations
@@ -104,14 +112,15 @@ class _Layer(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 class GILR(_Layer):
-    r"""Gated impulse linear recurrence (paper C, section 4.1).
+    r"""Gated impulse linear recurrence (paper C, section 3.1).
 
     .. math::
-        g_t = \sigma(U x_t + b_g), \quad i_t = \tanh(V x_t + b_i), \quad
-        h_t = g_t \odot h_{t-1} + (1 - g_t) \odot i_t
+        g_t = \sigma(U_g x_t + b_g), \quad j_t = \tanh(U_j x_t + b_j), \quad
+        h_t = g_t \odot h_{t-1} + (1 - g_t) \odot j_t
 
-    The gate g_t and the impulse i_t depend on x_t only, so h is one scan with a = g, b = (1 - g) i.
-    h_t is a convex combination of h_{t-1} and i_t, so |h_t| <= 1 always.
+    The gate g_t and the impulse j_t depend on x_t only, so h is one scan with a = g, b = (1 - g) j.
+    h_t is a convex combination of h_{t-1} and j_t, so |h_t| <= 1 always (from |h_0| <= 1). Paper C
+    allows any activation for the impulse; tanh is the one its GILR-LSTM uses.
 
     x [B, T, D_in] -> (h [B, T, H], h_T [B, H]); ``state`` = h_0 [B, H] or None (zeros).
     ``gate_bias`` initialises b_g: sigma(b_g) is the initial memory per step.
@@ -119,12 +128,12 @@ class GILR(_Layer):
 
     def __init__(self, input_size: int, hidden_size: int, *, gate_bias: float = 0.0, backend: str = "auto"):
         super().__init__(input_size, hidden_size, backend=backend)
-        self.proj = nn.Linear(input_size, 2 * hidden_size)  # [U; V] x + [b_g; b_i]
+        self.proj = nn.Linear(input_size, 2 * hidden_size)  # [U_g; U_j] x + [b_g; b_j]
         with torch.no_grad():
             self.proj.bias[:hidden_size].fill_(gate_bias)
 
     def gates(self, pre: torch.Tensor):
-        """(g, i) from the projected inputs pre = [U; V] x + b, [..., 2H]."""
+        """(g, j) from the projected inputs pre = [U_g; U_j] x + b, [..., 2H]."""
         g_pre, i_pre = pre.chunk(2, dim=-1)
         return torch.sigmoid(g_pre), torch.tanh(i_pre)
 
@@ -150,22 +159,27 @@ class GILR(_Layer):
 
 # --------------------------------------------------------------------------------------------------
 class GILRLSTM(_Layer):
-    r"""The linear-surrogate LSTM (paper C, section 4.2): an LSTM whose gates read a GILR state.
+    r"""The linear-surrogate LSTM (paper C, section 3.2): an LSTM whose gates read a GILR state.
 
     An LSTM's gates read h_{t-1}, which makes the recurrence non-linear. GILR-LSTM replaces h_{t-1} in
     the gates by a *linear surrogate* \tilde h_{t-1}, the state of a GILR run over the same inputs:
 
     .. math::
-        \tilde h_t = \tilde g_t \odot \tilde h_{t-1} + (1 - \tilde g_t) \odot \tilde i_t
-            \quad (\tilde g_t = \sigma(\tilde U x_t + \tilde b_g),\ \tilde i_t = \tanh(\tilde V x_t + \tilde b_i))
+        \tilde h_t = g_t \odot \tilde h_{t-1} + (1 - g_t) \odot j_t
+            \quad (g_t = \sigma(U_g x_t + b_g),\ j_t = \tanh(U_j x_t + b_j))
 
-        f_t, i_t, o_t = \sigma(U_{f,i,o} \tilde h_{t-1} + V_{f,i,o} x_t + b_{f,i,o}), \quad
-        z_t = \tanh(U_z \tilde h_{t-1} + V_z x_t + b_z)
+        f_t, i_t, o_t = \sigma(W_{f,i,o} \tilde h_{t-1} + U_{f,i,o} x_t + b_{f,i,o}), \quad
+        z_t = \tanh(W_z \tilde h_{t-1} + U_z x_t + b_z)
 
         c_t = f_t \odot c_{t-1} + i_t \odot z_t, \qquad h_t = o_t \odot c_t
 
-    Two scans: first \tilde h (then U \tilde h_{t-1} for all t is one matmul), then c. The output map
+    Two scans: first \tilde h (then W \tilde h_{t-1} for all t is one matmul), then c. The output map
     h_t = o_t c_t is the one written in paper C (no tanh on c_t).
+
+    Paper C's released code differs here: its ``linear_surrogate_lstm`` (``layers_new.py``, commit
+    da10de3) feeds ``tf.concat([h_tilde, X])`` to the gates, i.e. \tilde h_t, the surrogate *including*
+    step t. This class follows paper C's equations (\tilde h_{t-1}); notebook 02 shows that the two
+    differ by far more than rounding on the same weights.
 
     x [B, T, D_in] -> (h [B, T, H], (\tilde h_T, c_T)); ``state`` = (\tilde h_0, c_0), each [B, H], or None.
     ``forget_bias`` initialises b_f (and the surrogate's gate bias): sigma(b) is the initial memory per step.
@@ -176,7 +190,7 @@ class GILRLSTM(_Layer):
         H = hidden_size
         # x -> [surrogate gate, surrogate impulse, f, i, o, z]: all input projections in one matmul
         self.proj = nn.Linear(input_size, 6 * H)
-        # \tilde h_{t-1} -> [f, i, o, z]
+        # \tilde h_{t-1} -> [f, i, o, z]: the weights W
         self.rec = nn.Linear(H, 4 * H, bias=False)
         with torch.no_grad():
             self.proj.bias[0:H].fill_(forget_bias)  # surrogate gate
@@ -250,16 +264,19 @@ class GILRLSTM(_Layer):
 
 # --------------------------------------------------------------------------------------------------
 class SRU(_Layer):
-    r"""Simple recurrent unit (Lei et al. 2017, the version timed in paper C, Table 2).
+    r"""Simple recurrent unit (Lei et al. 2017, arXiv 1709.02755; one of the layers paper C times, Table 2).
 
     .. math::
-        \tilde x_t = W x_t, \quad f_t = \sigma(W_f x_t + b_f), \quad r_t = \sigma(W_r x_t + b_r)
+        \tilde x_t = U x_t, \quad f_t = \sigma(U_f x_t + b_f), \quad r_t = \sigma(U_r x_t + b_r)
 
         c_t = f_t \odot c_{t-1} + (1 - f_t) \odot \tilde x_t, \qquad
         h_t = r_t \odot \tanh(c_t) + (1 - r_t) \odot x_t
 
     The last term is a highway connection; when input_size != hidden_size x_t is first mapped by
-    a bias-free linear W_h (the usual choice). One scan (a = f, b = (1 - f) x~).
+    a bias-free linear map (the usual choice). One scan (a = f, b = (1 - f) x~). Lei et al. write
+    g(c_t) for an activation g; this class takes tanh. Paper C does not write SRU's equations, and its
+    released code (``SRU`` in ``layers_new.py``, commit da10de3) outputs ``r * c + (1 - r) * X``,
+    without an activation on c_t.
 
     x [B, T, D_in] -> (h [B, T, H], c_T [B, H]); ``state`` = c_0 [B, H] or None.
     """
@@ -267,7 +284,7 @@ class SRU(_Layer):
     def __init__(self, input_size: int, hidden_size: int, *, forget_bias: float = 0.0, backend: str = "auto"):
         super().__init__(input_size, hidden_size, backend=backend)
         H = hidden_size
-        self.proj = nn.Linear(input_size, 3 * H)  # [W; W_f; W_r] x + [0; b_f; b_r]
+        self.proj = nn.Linear(input_size, 3 * H)  # [U; U_f; U_r] x + [0; b_f; b_r]
         with torch.no_grad():
             self.proj.bias[:H].zero_()
             self.proj.bias[H : 2 * H].fill_(forget_bias)
@@ -299,15 +316,18 @@ class SRU(_Layer):
 
 # --------------------------------------------------------------------------------------------------
 class QRNN(_Layer):
-    r"""Quasi-recurrent network with fo-pooling (Bradbury et al. 2017), filter width ``window`` = w.
+    r"""Quasi-recurrent network with fo-pooling (Bradbury et al. 2017, arXiv 1611.01576), filter width ``window`` = w.
 
     .. math::
-        Z = \tanh(W_z * X), \quad F = \sigma(W_f * X), \quad O = \sigma(W_o * X)
+        Z = \tanh(U_z * X), \quad F = \sigma(U_f * X), \quad O = \sigma(U_o * X)
         \qquad (* = \text{causal convolution over time of width } w:\ \text{step } t \text{ reads } x_{t-w+1..t})
 
         c_t = f_t \odot c_{t-1} + (1 - f_t) \odot z_t, \qquad h_t = o_t \odot c_t
 
-    w = 1 makes the gates per-step linear maps (like GILR); paper C times w = 2 and w = 10.
+    w = 1 makes the gates per-step linear maps (like GILR); paper C times w = 2 and w = 10. Paper C's
+    released code differs in what a width means: its ``QRNN(X, n)`` (``layers_new.py``, commit da10de3)
+    stacks X with the shifts ``m in range(1, n-1)``, so its "filter size n" reads the n - 1 inputs
+    x_{t-n+2..t}. This class follows Bradbury et al.: ``window=w`` reads w inputs, x_{t-w+1..t}.
 
     x [B, T, D_in] -> (h [B, T, H], (c_T, x_tail)); x_tail [B, w-1, D_in] holds the last w-1 inputs,
     which the next chunk of a stream needs for its first convolution windows. ``state`` =
