@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,13 +35,15 @@ def fit_char_model(
     lr: float = 3e-3,
     k: int | None = None,
     project: bool = False,
+    project_options: dict[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
     """Train ``model`` with Adam (gradient norm clipped at 1) on random windows of ``tokens``.
 
     ``k``: train the k-truncated model instead of the recurrent one; ``project``: project onto stable weights
-    after every step (:func:`fpcore.stability.project_after_step`, which also projects at the start).
+    after every step (:func:`fpcore.stability.project_after_step`, which also projects at the start), with
+    ``project_options`` passed to :func:`fpcore.stability.project_model_` (e.g. ``{"input_forget_norm": None}``).
     Returns the training loss (nats per character) of every step. ``progress`` shows a text progress bar.
     """
     from tqdm import tqdm
@@ -48,7 +51,7 @@ def fit_char_model(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    handle = stability.project_after_step(opt, model) if project else None
+    handle = stability.project_after_step(opt, model, **(project_options or {})) if project else None
     batches, losses = char_batches(tokens, batch, length, seed), []
     for step in tqdm(range(steps), desc="train", disable=not progress, mininterval=1.0):
         x, y = batches(step)

@@ -389,12 +389,18 @@ def init_forget_bias_(lstm: nn.LSTM | nn.LSTMCell, value: float = 10.0) -> nn.Mo
 
 
 @torch.no_grad()
-def project_model_(model: nn.Module, *, max_norm: float = 1.0, lstm: str = "rescale") -> list[str]:
+def project_model_(
+    model: nn.Module,
+    *,
+    max_norm: float = 1.0,
+    lstm: str = "rescale",
+    input_forget_norm: float | None = LSTM_INPUT_FORGET_NORM,
+) -> list[str]:
     """Project every recurrent layer inside ``model`` onto a stable set, in place; return what was touched.
 
     * ``nn.RNN`` / ``nn.RNNCell``: clip the spectral norm of each ``weight_hh`` at ``max_norm``;
     * ``nn.LSTM`` / ``nn.LSTMCell``: ``lstm="rescale"`` applies :func:`lstm_rescale_` (paper B's constants,
-      clipped, in every layer);
+      clipped, in every layer; ``input_forget_norm`` bounds the columns of U_f, None leaves U_f free);
       ``lstm="spectral"`` clips each gate block's spectral norm at ``max_norm`` instead;
     * ``nn.GRU`` / ``nn.GRUCell``: clip each gate block's spectral norm at ``max_norm`` (a heuristic:
       a certificate also needs the update gate bounded below 1, see :func:`contraction_bound`).
@@ -404,7 +410,7 @@ def project_model_(model: nn.Module, *, max_norm: float = 1.0, lstm: str = "resc
     touched = []
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.LSTM, nn.LSTMCell)) and lstm == "rescale":
-            lstm_rescale_(mod)
+            lstm_rescale_(mod, input_forget_norm=input_forget_norm)
             touched.append(name or type(mod).__name__)
             continue
         if not isinstance(mod, (nn.RNNBase, nn.RNNCellBase)):
