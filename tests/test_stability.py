@@ -352,3 +352,16 @@ def test_scale_spectral_sets_every_gate_block(kind, blocks):
     assert st.contraction_bound(rnn) == pytest.approx(2.5, rel=1e-9)
     with pytest.raises(ValueError, match="norm must be > 0"):
         st.scale_spectral_(rnn, 0.0)
+
+
+def test_project_model_can_leave_the_forget_gate_inputs_free():
+    lstm = nn.LSTM(5, 6)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(20)
+    U_f = lstm.weight_ih_l0.detach().chunk(4)[1].clone()
+    st.project_model_(lstm, input_forget_norm=None)
+    assert torch.equal(lstm.weight_ih_l0.detach().chunk(4)[1], U_f), "U_f untouched"
+    assert float(lstm.weight_hh_l0.detach().chunk(4)[1].abs().sum(0).max()) <= 0.155 * (1 + 1e-6), "W_f clipped"
+    st.project_model_(lstm)
+    assert float(lstm.weight_ih_l0.detach().chunk(4)[1].abs().sum(0).max()) <= 0.25 * (1 + 1e-6), "by default U_f too"
