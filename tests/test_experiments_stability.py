@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fpcore import cells
 from fpcore import stability as st
 from fpcore.experiments_stability import fit_char_model, recurrent_norm, train_twins
 from fpcore.models.char import CharRNN, char_batches
@@ -52,6 +53,9 @@ def test_truncated_char_model_is_the_recurrent_one_at_full_window():
     with torch.no_grad():
         full, trunc, short = model(x), model(x, k=20), model(x, k=2)
     torch.testing.assert_close(trunc, full, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the truncated model is paper B's: each position from the last k inputs only
+        by_windows = cells.truncated(cells.from_torch(model.rnn), model.embed(x), 3)[..., :10]  # h of [h, c]
+        torch.testing.assert_close(model.hidden_states(x, 3), by_windows, rtol=1e-5, atol=1e-6)
     assert float((short - full).abs().max()) > 1e-3, "a short window is a different model"
     with pytest.raises(ValueError, match="cell must be"):
         CharRNN(VOCAB, cell="transformer")

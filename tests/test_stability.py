@@ -268,12 +268,20 @@ def test_column_rescaling_certifies_the_1_norm_but_not_paper_b_rows(seed):
 
 
 def test_paper_b_condition_implies_lambda_below_one():
-    for bias in torch.linspace(-6, 2, 33).tolist():
-        for seed in range(3):
-            cond = st.lstm_condition(_rescaled_lstm(bias, seed), x_max=1.0, norm="1")
-            if cond.holds:
-                assert cond.lam < 1
-    assert st.lstm_condition(_rescaled_lstm(-4.0), x_max=1.0, norm="1").holds
+    gen = torch.Generator().manual_seed(0)
+    held = 0
+    for _ in range(300):
+        lstm = nn.LSTM(4, 8)
+        with torch.no_grad():
+            for block in lstm.weight_hh_l0.chunk(4):  # each block at a random induced 1-norm in [0, 0.6)
+                block.mul_(float(torch.rand((), generator=gen)) * 0.6 / float(block.abs().sum(0).max()))
+            lstm.weight_ih_l0.mul_(0.1)
+        st.init_forget_bias_(lstm, float(torch.rand((), generator=gen)) * 5 - 4)
+        cond = st.lstm_condition(lstm, x_max=1.0, norm="1")
+        held += cond.holds
+        if cond.holds:
+            assert cond.lam < 1, cond
+    assert held > 10, "the condition holds for some of the draws"
 
 
 @torch.no_grad()
