@@ -1,30 +1,46 @@
-r"""Stability of recurrent models and their feed-forward (truncated) approximation (paper B).
+r"""Stability of recurrent models and their feed-forward (truncated) approximation: the theory (paper B).
 
-A recurrent model :math:`h_t = \phi(h_{t-1}, x_t)` is *stable* if :math:`\phi` is
-:math:`\lambda`-contractive in :math:`h` for some :math:`\lambda < 1`:
-:math:`\|\phi(h, x) - \phi(h', x)\| \le \lambda \|h - h'\|` for all h, h', x (Miller & Hardt, ICLR 2019).
-Then the k-window truncated model (run the recurrence over only the last k inputs, from a zero state)
-differs from the recurrent one by at most :math:`\lambda^k \max_t \|h_t\|`, for inference, and models
-trained by gradient descent from the same start stay close too. The truncated model is exactly k Jacobi
-iterations of the fixed-point engine from a zero start (:func:`fpcore.fixed_point.solve` with
-``method="jacobi", iters=k``), which is how it is computed here.
+A recurrent model :math:`s_t = f(s_{t-1}, x_t)` is *stable* if :math:`f` is :math:`\lambda`-contractive in
+the state for some :math:`\lambda < 1`: :math:`\|f(s, x) - f(s', x)\| \le \lambda \|s - s'\|` for all s, s', x
+(Miller & Hardt, *Stable Recurrent Models*, ICLR 2019, arXiv 1805.10369). Then the k-window truncated model
+(run the recurrence over only the last k inputs, from a zero state) differs from the recurrent one by at most
+:math:`\lambda^k \max_t \|s_t\|`, and models trained by gradient descent from the same start stay close too.
+The truncated model is exactly k Jacobi iterations of the fixed-point engine from a zero start
+(:func:`fpcore.fixed_point.solve` with ``method="jacobi", iters=k``; this equality is the series' own
+observation), which is how it is computed here.
 
-This module has four parts:
+This module holds the theory only, in four parts:
 
-* norms: :func:`spectral_norm` (exact SVD or power iteration), :func:`contraction_bound` (a certified
-  :math:`\lambda` for a tanh/ReLU RNN, LSTM or GRU, derived in its docstring);
-* projections onto stable models: :func:`project_spectral`, :func:`lstm_rescale_`, :func:`project_model_`
-  and :func:`project_after_step` (a hook that re-projects after every optimizer step);
+* norms and certificates: :func:`spectral_norm` (exact SVD or power iteration), :func:`gate_upper_bound`,
+  :func:`lstm_condition` (paper B's LSTM condition, in its norm and in the norm the LSTM rescaling controls)
+  and :func:`contraction_bound` (a certified :math:`\lambda` for a tanh/ReLU RNN, LSTM or GRU);
+* models with a chosen norm and projections onto stable models: :func:`scale_spectral_`,
+  :func:`project_spectral`, :func:`lstm_rescale_`, :func:`init_forget_bias_`, :func:`project_model_` and
+  :func:`project_after_step` (a hook that re-projects after every optimizer step);
 * data-dependent stability: :func:`local_contraction`, the distribution of
-  :math:`\|\partial h_t/\partial h_{t-1}\|_2` along real trajectories;
-* truncation and training equivalence: :func:`truncation_errors`, :func:`train_twins`.
+  :math:`\|\partial s_t/\partial s_{t-k}\|_2` along real trajectories;
+* truncation: :func:`truncation_errors`.
+
+The experiments built on it (training a recurrent model and its truncated twin side by side) live in
+:mod:`fpcore.experiments_stability`, the small character model they train in :mod:`fpcore.models.char`.
+
+What paper B's released code does, read from the authors' repository (millerjohnp/TCN, files
+``TCN/poly_music/model.py`` and ``TCN/mnist_pixel/pmnist_test.py``), where it differs from this module:
+
+* the forget-gate bias is initialised by writing 10 into *both* ``bias_ih`` and ``bias_hh`` of every layer,
+  an effective bias of 20 (:func:`init_forget_bias_` sets the sum);
+* the LSTM "projection" sets every column of W_i, W_f, W_z, W_o (and U_f) *to* its L1 constant, small columns
+  included, and touches layer 0 only (:func:`lstm_rescale_` clips the columns above the constant, in every
+  layer: a projection);
+* the constants bound column sums (the induced 1-norm), while the paper's LSTM condition is stated in the
+  induced :math:`\infty`-norm, row sums (see :func:`lstm_condition`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +51,10 @@ __all__ = [
     "LIPSCHITZ",
     "spectral_norm",
     "gate_upper_bound",
+    "LSTMCondition",
+    "lstm_condition",
     "contraction_bound",
+    "scale_spectral_",
     "project_spectral",
     "LSTM_COLUMN_NORMS",
     "LSTM_INPUT_FORGET_NORM",
@@ -45,11 +64,6 @@ __all__ = [
     "project_after_step",
     "local_contraction",
     "truncation_errors",
-    "CharRNN",
-    "char_batches",
-    "fit_char_model",
-    "TwinHistory",
-    "train_twins",
 ]
 
 # Lipschitz constants of the activations (sup |rho'|).
@@ -100,59 +114,136 @@ def spectral_norm(
     return lam.clamp_min(0).sqrt().to(W.dtype)
 
 
-def _norm1(W: Tensor) -> float:
-    """Induced 1-norm: the largest column L1 norm (the norm the LSTM rescaling controls)."""
-    return float(W.detach().abs().sum(0).max())
+def _induced(W: Tensor, norm: str) -> float:
+    """Induced matrix norm of W [m, n] acting as W h: "1" = the largest column L1 sum, "inf" = the largest row
+    L1 sum (the norm the columns rescaling controls, and the norm paper B's LSTM condition is stated in)."""
+    return float(W.detach().abs().sum(0 if norm == "1" else 1).max())
 
 
 def gate_upper_bound(
-    W_h: Tensor, W_x: Tensor | None, bias: Tensor | None, *, h_max: float = 1.0, x_max: float | None = None
+    W_h: Tensor,
+    W_x: Tensor | None,
+    bias: Tensor | None,
+    *,
+    h_max: float = 1.0,
+    x_max: float | None = None,
+    inputs: Tensor | None = None,
 ) -> float:
-    r"""An upper bound on a sigmoid gate :math:`\sigma(W_h h + W_x x + b)` over all |h| <= h_max, |x| <= x_max.
+    r"""An upper bound on a sigmoid gate :math:`\sigma(W_h h + W_x x + b)` over all |h| <= h_max and all inputs x.
 
-    Per unit j: :math:`\sigma(h_{max}\sum_i|W_h[j,i]| + x_{max}\sum_i|W_x[j,i]| + b_j)`, maximised over j.
-    ``x_max=None`` means unbounded inputs: the bound is then 1 (no gate is bounded away from 1).
+    Per unit j: :math:`\sigma(h_{max}\sum_i|W_h[j,i]| + x_{max}\sum_i|W_x[j,i]| + b_j)`, maximised over j, for all
+    |x_i| <= ``x_max``; or, when the inputs form a known finite set ``inputs`` [N, D] (the embedding table of a
+    language model), :math:`\sigma(h_{max}\sum_i|W_h[j,i]| + (W_x x)_j + b_j)` maximised over j and those x (tighter).
+    Neither given means unbounded inputs: the bound is then 1 (no gate is bounded away from 1).
     """
-    if x_max is None and W_x is not None:
-        return 1.0
-    pre = h_max * W_h.detach().abs().sum(1)
+    pre = h_max * W_h.detach().abs().sum(1)  # (units,)
     if W_x is not None:
-        pre = pre + x_max * W_x.detach().abs().sum(1)
+        if inputs is not None:
+            pre = pre + inputs.detach() @ W_x.detach().T  # (N, units)
+        elif x_max is not None:
+            pre = pre + x_max * W_x.detach().abs().sum(1)
+        else:
+            return 1.0
     if bias is not None:
         pre = pre + bias.detach()
     return float(torch.sigmoid(pre.double()).max())
 
 
-def contraction_bound(cell, *, x_max: float | None = None) -> float:
+@dataclass(frozen=True)
+class LSTMCondition:
+    r"""Paper B's sufficient condition for a stable LSTM, evaluated on one layer (see :func:`lstm_condition`).
+
+    ``norm``: "inf" (paper B's: largest row sum) or "1" (largest column sum). ``f_bar``: an upper bound on
+    every forget gate. ``a``: :math:`\|W_i\|, \|W_f\|, \|W_z\|, \|W_o\|` in that norm (keys "i", "f", "z", "o").
+    ``lam``: the contraction constant those numbers certify, :math:`\bar f + a_f / (4(1 - \bar f)) + a_i/4 +
+    a_z + a_o/4` (inf when :math:`\bar f \ge 1`). ``holds``: paper B's four inequalities, each of which keeps
+    one term of ``lam`` below a quarter of the margin :math:`1 - \bar f`, so ``holds`` implies ``lam < 1``.
+    """
+
+    norm: str
+    f_bar: float
+    a: dict[str, float]
+    lam: float
+    holds: bool
+
+
+def lstm_condition(
+    cell, *, x_max: float | None = None, inputs: Tensor | None = None, norm: str = "inf"
+) -> LSTMCondition:
+    r"""Paper B's LSTM stability condition on one LSTM layer, in the induced ``norm`` ("inf" or "1").
+
+    The LSTM (gates :math:`i, f, o = \sigma(\cdot)`, :math:`z = \tanh(\cdot)` of :math:`W_\ast h + U_\ast x + b_\ast`,
+    :math:`c' = f \odot c + i \odot z`, :math:`h' = o \odot \tanh(c')`) is contractive in the state s = (c, h)
+    when, with :math:`\bar f = \sup \|f_t\|_\infty` (Miller & Hardt, arXiv 1805.10369, its LSTM proposition, in the
+    induced :math:`\infty`-norm, the largest absolute row sum):
+
+    .. math::
+        \|W_i\|, \|W_o\| < 1 - \bar f, \qquad \|W_z\| \le (1 - \bar f)/4, \qquad \|W_f\| < (1 - \bar f)^2.
+
+    Why (three lines; this module's derivation, which gives the same constant in any induced norm): measure a
+    difference of states by :math:`\max(\|\Delta c\|, \|\Delta h\|)` and use
+    :math:`\|u \odot v\| \le \|u\|_\infty \|v\|`, :math:`|\sigma'| \le 1/4`, :math:`|\tanh'| \le 1`,
+    :math:`|i|, |o|, |z| \le 1`, and :math:`|c| \le \bar c = 1/(1 - \bar f)` (from :math:`|c_t| \le \bar f
+    |c_{t-1}| + 1`, :math:`c_0 = 0`):
+
+    .. math::
+        \|\Delta c'\| &\le \bar f \|\Delta c\| + (\bar c\, a_f/4 + a_i/4 + a_z)\|\Delta h\| \\
+        \|\Delta h'\| &\le (a_o/4)\|\Delta h\| + \|\Delta c'\|
+
+    so :math:`\lambda = \bar f + \bar c\, a_f/4 + a_i/4 + a_z + a_o/4`, and each of paper B's inequalities keeps
+    one of the four terms after :math:`\bar f` below :math:`(1 - \bar f)/4`. The authors' constants (columns of
+    W_i, W_f, W_z, W_o at 0.395, 0.155, 0.099, 0.395) are those inequalities at :math:`1 - \bar f = 0.396`
+    (0.395 < 0.396, 0.099 = 0.396/4, 0.155 < 0.396^2), i.e. for forget gates up to 0.604. They bound column
+    sums (``norm="1"``), not the row sums of the paper's norm: a matrix whose every column sum is 0.395 can have
+    row sums far above it, so the rescaling alone does not establish the paper's condition; the same
+    derivation in the 1-norm does (:func:`contraction_bound` uses it).
+
+    ``cell``: an fpcore LSTM cell or a one-layer ``nn.LSTM`` / ``nn.LSTMCell``. :math:`\bar f` is
+    :func:`gate_upper_bound` over |h| <= 1 and |x| <= ``x_max`` (max |x_i| of the inputs; 1 for one-hot
+    inputs), or over the finite set ``inputs`` [N, D] (e.g. an embedding table); neither means unbounded inputs,
+    which leaves :math:`\bar f = 1` and ``lam`` infinite.
+    """
+    if norm not in ("inf", "1"):
+        raise ValueError(f"norm must be 'inf' or '1', got {norm!r}")
+    if isinstance(cell, nn.Module):
+        cell = _cells.from_torch(cell)
+    if not isinstance(cell, _cells.LSTMCell):
+        raise ValueError(f"lstm_condition takes one LSTM layer, got {type(cell).__name__}")
+    H = cell.hidden_size
+    W, U, b = cell.weight_hh.detach(), cell.weight_ih.detach(), _total_bias(cell)
+    a = {g: _induced(block, norm) for g, block in zip("ifzo", W.split(H))}
+    f_bar = gate_upper_bound(
+        W[H : 2 * H], U[H : 2 * H], None if b is None else b[H : 2 * H], x_max=x_max, inputs=inputs
+    )
+    if f_bar >= 1.0:
+        return LSTMCondition(norm, f_bar, a, math.inf, False)
+    m = 1.0 - f_bar
+    lam = f_bar + a["f"] / (4 * m) + a["i"] / 4 + a["z"] + a["o"] / 4
+    holds = a["i"] < m and a["o"] < m and a["z"] <= m / 4 and a["f"] < m * m
+    return LSTMCondition(norm, f_bar, a, lam, holds)
+
+
+def contraction_bound(cell, *, x_max: float | None = None, inputs: Tensor | None = None) -> float:
     r"""A certified contraction constant :math:`\lambda` of one recurrent layer: stable if < 1.
 
     ``cell``: an fpcore cell (:func:`fpcore.cells.from_torch`) or a one-layer torch RNN/GRU/LSTM.
-    ``x_max`` bounds the inputs (max |x_i|; 1 for one-hot inputs), needed to bound gates below 1.
+    ``x_max`` bounds the inputs (max |x_i|; 1 for one-hot inputs), or ``inputs`` [N, D] lists them all (an
+    embedding table): needed to bound gates below 1 (:func:`gate_upper_bound`).
     The bounds are sufficient, not necessary: a model above 1 may still be stable (see
     :func:`local_contraction` for what it does on data).
 
     tanh / ReLU RNN, :math:`h' = \rho(W h + U x + b)`, in the 2-norm:
-    :math:`\lambda = L_\rho \|W\|_2` with :math:`L_{\tanh} = L_{relu} = 1` (Miller & Hardt, Prop. 1).
+    :math:`\lambda = L_\rho \|W\|_2` with :math:`L_{\tanh} = L_{relu} = 1` (paper B).
 
-    LSTM, state (c, h), gates i, f, o = sigmoid, z = tanh of :math:`W_\ast h + U_\ast x + b_\ast`,
-    :math:`c' = f c + i z`, :math:`h' = o \tanh(c')`. Measure a difference of states by
-    :math:`\max(\|\Delta c\|_1, \|\Delta h\|_1)`, write :math:`a_\ast = \|W_\ast\|_1` (largest column L1
-    norm) and use :math:`\|u \odot v\|_1 \le \|u\|_\infty \|v\|_1`, :math:`|\sigma'| \le 1/4`,
-    :math:`|\tanh'| \le 1`, :math:`|i|, |o|, |z|, |\tanh| \le 1`. With :math:`\bar f` an upper bound on
-    f (:func:`gate_upper_bound`; |h| <= 1) and :math:`\bar c = 1/(1 - \bar f)` a bound on |c| (from
-    :math:`|c_t| \le \bar f |c_{t-1}| + 1`, c_0 = 0):
-
-    .. math::
-        \|\Delta c'\|_1 &\le \bar f \|\Delta c\|_1 + (\bar c a_f/4 + a_i/4 + a_z)\|\Delta h\|_1 \\
-        \|\Delta h'\|_1 &\le (a_o/4)\|\Delta h\|_1 + \|\Delta c'\|_1
-
-    so :math:`\lambda = \bar f + \bar c a_f/4 + a_i/4 + a_z + a_o/4` (the h row dominates the c row).
-    Paper B's rescaling (columns of W_i, W_f, W_z, W_o at 0.395, 0.155, 0.099, 0.395) gives
-    :math:`a_i/4 + a_z + a_o/4 = 0.2965`, so the LSTM is certified whenever
+    LSTM, state (c, h): :func:`lstm_condition` in the induced 1-norm (largest column sum, the norm
+    :func:`lstm_rescale_` controls), i.e. the state difference measured by
+    :math:`\max(\|\Delta c\|_1, \|\Delta h\|_1)`: :math:`\lambda = \bar f + \bar c a_f/4 + a_i/4 + a_z + a_o/4`.
+    After the rescaling, :math:`a_i/4 + a_z + a_o/4 \le 0.2965`, so the LSTM is certified whenever
     :math:`\bar f + 0.03875/(1-\bar f) < 0.7035`, e.g. forget gates below 0.6.
 
     GRU, :math:`h' = (1 - z) n + z h`, :math:`n = \tanh(U_n x + b_n + r(W_n h + b_{hn}))`, in the
-    :math:`\infty`-norm: :math:`|\Delta h'_j| \le (1-z_j)|\Delta n_j| + z_j |\Delta h_j| + |h_j - n_j||\Delta z_j|`
+    :math:`\infty`-norm (this module's derivation; paper B treats the RNN and the LSTM only):
+    :math:`|\Delta h'_j| \le (1-z_j)|\Delta n_j| + z_j |\Delta h_j| + |h_j - n_j||\Delta z_j|`
     with :math:`|h - n| \le 2`, :math:`\|\Delta z\|_\infty \le \|W_z\|_\infty\|\Delta h\|_\infty/4` and
     :math:`\|\Delta n\|_\infty \le \beta\|\Delta h\|_\infty`,
     :math:`\beta = \|W_n\|_\infty + \|W_r\|_\infty (\|W_n\|_\infty + \|b_{hn}\|_\infty)/4`. Since
@@ -166,23 +257,16 @@ def contraction_bound(cell, *, x_max: float | None = None) -> float:
     W = cell.weight_hh.detach()
     if isinstance(cell, _cells.RNNCell):
         return LIPSCHITZ[cell.nonlinearity] * float(spectral_norm(W))
-    H = cell.hidden_size
-    Wx = cell.weight_ih.detach()
-    b = _total_bias(cell)
     if isinstance(cell, _cells.LSTMCell):
-        Wi, Wf, Wz, Wo = W.split(H)
-        f_bar = gate_upper_bound(Wf, Wx[H : 2 * H], None if b is None else b[H : 2 * H], x_max=x_max)
-        if f_bar >= 1.0:
-            return math.inf
-        c_bar = 1.0 / (1.0 - f_bar)
-        return f_bar + c_bar * _norm1(Wf) / 4 + _norm1(Wi) / 4 + _norm1(Wz) + _norm1(Wo) / 4
+        return lstm_condition(cell, x_max=x_max, inputs=inputs, norm="1").lam
     if isinstance(cell, _cells.GRUCell):
+        H = cell.hidden_size
+        Wx, b = cell.weight_ih.detach(), _total_bias(cell)
         Wr, Wz, Wn = W.split(H)
-        inf = lambda M: float(M.abs().sum(1).max())  # noqa: E731 - induced infinity-norm
         b_hn = cell.bias_hh[2 * H :].detach() if cell.bias_hh is not None else torch.zeros(H)
-        beta = inf(Wn) + inf(Wr) * (inf(Wn) + float(b_hn.abs().max())) / 4
-        z_bar = gate_upper_bound(Wz, Wx[H : 2 * H], None if b is None else b[H : 2 * H], x_max=x_max)
-        return max(beta, z_bar + (1 - z_bar) * beta) + inf(Wz) / 2
+        beta = _induced(Wn, "inf") + _induced(Wr, "inf") * (_induced(Wn, "inf") + float(b_hn.abs().max())) / 4
+        z_bar = gate_upper_bound(Wz, Wx[H : 2 * H], None if b is None else b[H : 2 * H], x_max=x_max, inputs=inputs)
+        return max(beta, z_bar + (1 - z_bar) * beta) + _induced(Wz, "inf") / 2
     raise ValueError(f"no contraction bound for a {type(cell).__name__}")
 
 
@@ -194,6 +278,33 @@ def _total_bias(cell) -> Tensor | None:
 # -------------------------------------------------------------------------------------------------
 # Projections
 # -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def scale_spectral_(module: nn.Module, norm: float) -> nn.Module:
+    r"""Scale every gate block of every ``weight_hh`` in ``module`` to spectral norm ``norm``, in place.
+
+    For a tanh RNN this makes :math:`\lambda = \|W\|_2` exactly ``norm`` (< 1: paper B's stable regime;
+    > 1: not contractive). For a GRU / LSTM each of the 3 / 4 gate blocks gets that norm (which bounds the
+    blocks, not the cell's contraction: see :func:`contraction_bound`). Returns the module.
+    """
+    if not norm > 0:
+        raise ValueError(f"norm must be > 0, got {norm}")
+    for mod in module.modules():
+        if not isinstance(mod, (nn.RNNBase, nn.RNNCellBase)):
+            continue
+        for name, p in mod.named_parameters(recurse=False):
+            if name.startswith("weight_hh"):
+                for block in p.chunk(_gates(mod), 0):
+                    block.mul_(norm / spectral_norm(block))
+    return module
+
+
+def _gates(mod: nn.Module) -> int:
+    """How many gate blocks a torch recurrent module stacks in its ``weight_hh``: RNN 1, GRU 3, LSTM 4."""
+    if isinstance(mod, (nn.LSTM, nn.LSTMCell)):
+        return 4
+    return 3 if isinstance(mod, (nn.GRU, nn.GRUCell)) else 1
+
+
 def project_spectral(W: Tensor, max_norm: float = 1.0) -> Tensor:
     r"""The nearest matrix (in Frobenius and spectral norm) with :math:`\|W\|_2 \le` ``max_norm``.
 
@@ -211,7 +322,8 @@ def project_spectral(W: Tensor, max_norm: float = 1.0) -> Tensor:
     return ((U * S.clamp(max=max_norm).unsqueeze(-2)) @ Vh).to(W.dtype)
 
 
-# Paper B's LSTM projection (authors' code): each column of these recurrent blocks to this L1 norm.
+# The constants of paper B's LSTM rescaling (the authors' code): an L1 norm for each column of these recurrent
+# blocks. They are paper B's LSTM condition at 1 - max forget gate = 0.396 (see lstm_condition).
 LSTM_COLUMN_NORMS = {"i": 0.395, "f": 0.155, "z": 0.099, "o": 0.395}
 LSTM_INPUT_FORGET_NORM = 0.25  # the columns of the forget gate's input weights U_f
 
@@ -232,12 +344,18 @@ def lstm_rescale_(
     column_norms: dict[str, float] | None = None,
     input_forget_norm: float | None = LSTM_INPUT_FORGET_NORM,
 ) -> nn.Module:
-    """Paper B's LSTM projection, in place: column L1 norms of W_i, W_f, W_z, W_o (and U_f) clipped.
+    """Paper B's LSTM constants as a projection, in place: column L1 norms of W_i, W_f, W_z, W_o (and U_f) clipped.
 
-    torch's gate order in ``weight_hh`` is (i, f, g=z, o). Every column whose L1 norm exceeds its
-    target (:data:`LSTM_COLUMN_NORMS`: 0.395, 0.155, 0.099, 0.395; U_f: 0.25) is scaled down to it;
-    smaller columns are left alone, so the map is a projection (idempotent). Applied after every
-    optimizer step, every column stays at or below its target. Returns the module.
+    torch's gate order in ``weight_hh`` is (i, f, g=z, o), each block [H, H] acting as ``W h``, so a column
+    sum is the induced 1-norm. Every column whose L1 norm exceeds its target (:data:`LSTM_COLUMN_NORMS`:
+    0.395, 0.155, 0.099, 0.395; U_f: 0.25) is scaled down to it; smaller columns are left alone, so the map
+    is a projection (idempotent), applied to every layer. Applied after every optimizer step, every column
+    stays at or below its target. Returns the module.
+
+    Two differences from the authors' code (millerjohnp/TCN, ``TCN/poly_music/model.py``, ``stabilize``):
+    it rescales every column *to* its constant (columns below it grow) and only layer 0. What this
+    certifies: :func:`contraction_bound` (the condition in the 1-norm, which needs the forget gates bounded
+    too); paper B's condition in its own norm (row sums) is not implied, see :func:`lstm_condition`.
     """
     norms = {**LSTM_COLUMN_NORMS, **(column_norms or {})}
     suffixes = [""] if isinstance(lstm, nn.LSTMCell) else [f"_l{i}" for i in range(lstm.num_layers)]
@@ -253,7 +371,14 @@ def lstm_rescale_(
 
 @torch.no_grad()
 def init_forget_bias_(lstm: nn.LSTM | nn.LSTMCell, value: float = 10.0) -> nn.Module:
-    """Set the forget-gate bias (b_ih + b_hh over the f block) to ``value``, as paper B's authors initialise."""
+    """Set the effective forget-gate bias, b_ih + b_hh over the f block, to ``value`` in every layer (b_hh's f
+    block becomes 0).
+
+    Paper B's code (millerjohnp/TCN, ``init_weights``) writes 10 into the f block of *both* ``bias_ih`` and
+    ``bias_hh``, an effective bias of 20: ``init_forget_bias_(lstm, 20.0)`` reproduces it. Either way
+    sigmoid(b) is within 1e-4 of 1, so no stability certificate applies at that start
+    (:func:`lstm_condition` needs forget gates below about 0.6). Returns the module.
+    """
     suffixes = [""] if isinstance(lstm, nn.LSTMCell) else [f"_l{i}" for i in range(lstm.num_layers)]
     for sfx in suffixes:
         for name, v in ((f"bias_ih{sfx}", value), (f"bias_hh{sfx}", 0.0)):
@@ -264,11 +389,18 @@ def init_forget_bias_(lstm: nn.LSTM | nn.LSTMCell, value: float = 10.0) -> nn.Mo
 
 
 @torch.no_grad()
-def project_model_(model: nn.Module, *, max_norm: float = 1.0, lstm: str = "rescale") -> list[str]:
+def project_model_(
+    model: nn.Module,
+    *,
+    max_norm: float = 1.0,
+    lstm: str = "rescale",
+    input_forget_norm: float | None = LSTM_INPUT_FORGET_NORM,
+) -> list[str]:
     """Project every recurrent layer inside ``model`` onto a stable set, in place; return what was touched.
 
     * ``nn.RNN`` / ``nn.RNNCell``: clip the spectral norm of each ``weight_hh`` at ``max_norm``;
-    * ``nn.LSTM`` / ``nn.LSTMCell``: ``lstm="rescale"`` applies :func:`lstm_rescale_` (paper B);
+    * ``nn.LSTM`` / ``nn.LSTMCell``: ``lstm="rescale"`` applies :func:`lstm_rescale_` (paper B's constants,
+      clipped, in every layer; ``input_forget_norm`` bounds the columns of U_f, None leaves U_f free);
       ``lstm="spectral"`` clips each gate block's spectral norm at ``max_norm`` instead;
     * ``nn.GRU`` / ``nn.GRUCell``: clip each gate block's spectral norm at ``max_norm`` (a heuristic:
       a certificate also needs the update gate bounded below 1, see :func:`contraction_bound`).
@@ -278,21 +410,22 @@ def project_model_(model: nn.Module, *, max_norm: float = 1.0, lstm: str = "resc
     touched = []
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.LSTM, nn.LSTMCell)) and lstm == "rescale":
-            lstm_rescale_(mod)
+            lstm_rescale_(mod, input_forget_norm=input_forget_norm)
             touched.append(name or type(mod).__name__)
             continue
         if not isinstance(mod, (nn.RNNBase, nn.RNNCellBase)):
             continue
-        blocks = 1 if isinstance(mod, (nn.RNN, nn.RNNCell)) else (4 if isinstance(mod, (nn.LSTM, nn.LSTMCell)) else 3)
         for pname, p in mod.named_parameters(recurse=False):
             if pname.startswith("weight_hh"):
-                for block in p.chunk(blocks, 0):
+                for block in p.chunk(_gates(mod), 0):
                     block.copy_(project_spectral(block, max_norm))
         touched.append(name or type(mod).__name__)
     return touched
 
 
-def project_after_step(optimizer: torch.optim.Optimizer, model: nn.Module, **kwargs):
+def project_after_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, **kwargs
+) -> torch.utils.hooks.RemovableHandle:
     """Re-project ``model`` (:func:`project_model_` with ``kwargs``) after every ``optimizer.step()``.
 
     Returns the hook handle; ``handle.remove()`` stops it. Projected gradient descent in one line::
@@ -300,7 +433,11 @@ def project_after_step(optimizer: torch.optim.Optimizer, model: nn.Module, **kwa
         handle = stability.project_after_step(opt, model, max_norm=0.99)
     """
     project_model_(model, **kwargs)  # start inside the stable set too
-    return optimizer.register_step_post_hook(lambda opt, args, kw: project_model_(model, **kwargs))
+
+    def hook(opt, args, kw) -> None:
+        project_model_(model, **kwargs)
+
+    return optimizer.register_step_post_hook(hook)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -428,143 +565,3 @@ def truncation_errors(cell, x: Tensor, ks: Sequence[int], h0=None) -> dict[str, 
 def _output(cell, states: Tensor) -> Tensor:
     last = cell[-1] if isinstance(cell, _cells.CellStack) else cell
     return last.output(states)
-
-
-class CharRNN(nn.Module):
-    """A minimal character model for the demonstrations here: embedding -> one recurrent layer -> linear.
-
-    ``cell`` is "rnn" (tanh), "gru" or "lstm". ``forward(tokens, k=None)`` returns logits [B, T, V]: the
-    recurrent model when ``k`` is None, else paper B's k-truncated model (k Jacobi iterations from zero,
-    gradients through them). The language models of the experiments live in :mod:`fpcore.models`.
-    """
-
-    def __init__(self, vocab: int, hidden: int = 64, embed: int = 16, cell: str = "rnn"):
-        super().__init__()
-        kinds = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-        if cell not in kinds:
-            raise ValueError(f"cell must be one of {', '.join(kinds)}, got {cell!r}")
-        self.embed = nn.Embedding(vocab, embed)
-        self.rnn = kinds[cell](embed, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def hidden_states(self, tokens: Tensor, k: int | None = None) -> Tensor:
-        from fpcore import fixed_point
-
-        x = self.embed(tokens)  # (B, T, E)
-        cell = _cells.from_torch(self.rnn)
-        if k is None:
-            return self.rnn(x)[0]  # (B, T, H), torch's own sequential layer
-        return fixed_point.solve(cell, x, method="jacobi", iters=k, grad="unrolled").outputs
-
-    def forward(self, tokens: Tensor, k: int | None = None) -> Tensor:
-        return self.head(self.hidden_states(tokens, k))  # (B, T, V)
-
-
-def char_batches(tokens: Tensor, batch: int, length: int, seed: int = 0) -> Callable[[int], tuple[Tensor, Tensor]]:
-    """Random windows of a 1-D token stream: ``batches(step)`` -> (x [B, L], y [B, L] shifted by one).
-
-    Deterministic in (seed, step), so two models fed ``batches(step)`` see exactly the same data.
-    """
-    if tokens.numel() <= length + 1:
-        raise ValueError(f"{tokens.numel()} tokens are too few for windows of {length}")
-
-    def batches(step: int):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        start = torch.randint(0, tokens.numel() - length - 1, (batch, 1), generator=gen)
-        idx = start + torch.arange(length + 1)  # (B, L + 1)
-        window = tokens[idx]
-        return window[:, :-1], window[:, 1:]
-
-    return batches
-
-
-def fit_char_model(
-    model: CharRNN,
-    tokens: Tensor,
-    *,
-    steps: int,
-    batch: int = 32,
-    length: int = 64,
-    lr: float = 3e-3,
-    k: int | None = None,
-    project: bool = False,
-    seed: int = 0,
-) -> list[float]:
-    """Train ``model`` with Adam on random windows of ``tokens``; return the loss (nats/char) per step."""
-    from tqdm.auto import tqdm
-
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    if project:
-        project_after_step(opt, model)
-    batches, losses = char_batches(tokens, batch, length, seed), []
-    for step in tqdm(range(steps), desc="train", leave=False):
-        x, y = batches(step)
-        loss = nn.functional.cross_entropy(model(x, k).flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
-@dataclass
-class TwinHistory:
-    """Weight distance between a recurrent model and its k-truncated twin over training."""
-
-    k: int
-    steps: list[int] = field(default_factory=list)
-    distance: list[float] = field(default_factory=list)  # ||theta_rec - theta_trunc||_2 over all weights
-    loss_recurrent: list[float] = field(default_factory=list)
-    loss_truncated: list[float] = field(default_factory=list)
-
-
-def train_twins(
-    make_model: Callable[[], nn.Module],
-    batches: Callable[[int], tuple[Tensor, Tensor]],
-    *,
-    k: int,
-    steps: int,
-    lr: float = 0.1,
-    project: bool = True,
-    max_norm: float = 1.0,
-    record_every: int = 1,
-    seed: int = 0,
-) -> TwinHistory:
-    r"""Train a recurrent model and its k-truncated twin from the same initialisation, side by side.
-
-    ``make_model()`` returns a model whose ``forward(x, k=None)`` gives logits [B, T, C] (recurrent for
-    k=None, truncated otherwise), e.g. :class:`CharRNN`; both twins are built by it from the same seed.
-    ``batches(step)`` returns (x, y [B, T]) class targets, the same for both twins. Both take plain
-    (full-batch-per-step) SGD steps; with ``project=True`` both are projected after every step
-    (projected gradient descent, :func:`project_after_step`). Paper B: for stable models the distance
-    :math:`\|\theta_{rec} - \theta_{trunc}\|_2` stays small and shrinks with k (the gradient gap is
-    :math:`O(k \lambda^k)`); for unstable ones it need not.
-    """
-
-    def build():
-        torch.manual_seed(seed)
-        return make_model()
-
-    twins = {"recurrent": build(), "truncated": build()}
-    opts = {n: torch.optim.SGD(m.parameters(), lr=lr) for n, m in twins.items()}
-    if project:
-        for n, m in twins.items():
-            project_after_step(opts[n], m, max_norm=max_norm)
-    history = TwinHistory(k=k)
-    for step in range(steps + 1):
-        if step % record_every == 0 or step == steps:
-            pr, pt = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in twins.values())
-            history.steps.append(step)
-            history.distance.append(float((pr - pt).norm()))
-        if step == steps:
-            break
-        x, y = batches(step)
-        for name, model in twins.items():
-            logits = model(x, None if name == "recurrent" else k)  # (B, T, C)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-            opts[name].zero_grad()
-            loss.backward()
-            opts[name].step()
-            getattr(history, f"loss_{name}").append(float(loss.detach()))
-    return history

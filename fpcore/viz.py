@@ -137,19 +137,24 @@ def plot_truncation(curves: dict, ax=None):
 
 
 def plot_twins(histories: dict, ax=None):
-    """Weight distance between recurrent and truncated twins over training; ``histories``: label -> TwinHistory."""
+    """Weight distance between recurrent and truncated twins over training; ``histories``: label -> TwinHistory.
+
+    One colour per window k; solid lines for projected (stable) pairs, dashed for unprojected ones; the legend
+    sits outside the axes.
+    """
     import matplotlib.pyplot as plt
 
-    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
+    ax = ax or plt.subplots(figsize=(7.5, 3.8))[1]
+    ks = sorted({h.k for h in histories.values()})
     for label, h in histories.items():
-        ax.plot(h.steps, h.distance, label=label, ls="-" if "stable" in label and "unstable" not in label else ":")
+        ax.plot(h.steps, h.distance, color=f"C{ks.index(h.k)}", ls="-" if h.project else "--", lw=1.6, label=label)
     ax.set(
         xlabel="SGD step",
         ylabel=r"$\|\theta_{rec} - \theta_{trunc}\|_2$",
         yscale="log",
         title="training: recurrent vs truncated twin",
     )
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return ax
 
 

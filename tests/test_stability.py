@@ -1,4 +1,4 @@
-"""fpcore.stability: norms, certified contraction bounds, projections, truncation and training twins."""
+"""fpcore.stability: norms, certified contraction bounds (paper B's LSTM condition), projections, truncation."""
 
 from __future__ import annotations
 
@@ -235,33 +235,141 @@ def test_unstable_rnn_breaks_the_bound():
     with torch.no_grad():
         rnn.weight_hh_l0.copy_(_scaled(rnn.weight_hh_l0, 3.0))
     res = st.truncation_errors(rnn, torch.randn(3, 40, 4, dtype=torch.double), ks=[5, 10, 20])
-    assert float(res["error"][1]) > 0.1, "a chaotic RNN is not approximated by a short window"
+    assert float(res["error"][1]) > 0.1, "a non-contractive RNN (||W||_2 = 3) is not approximated by a short window"
 
 
-def test_training_twins_stay_closer_for_stable_models_and_larger_k():
-    vocab = 11
-    tokens = torch.randint(0, vocab, (5000,), generator=torch.Generator().manual_seed(0))
-    batches = st.char_batches(tokens, batch=8, length=16)
-
-    def run(k, project, scale):
-        def make():
-            m = st.CharRNN(vocab, hidden=12, embed=6)
-            with torch.no_grad():
-                m.rnn.weight_hh_l0.copy_(_scaled(m.rnn.weight_hh_l0, scale))
-            return m
-
-        return st.train_twins(make, batches, k=k, steps=15, lr=0.5, project=project).distance
-
-    stable1, stable8 = run(1, True, 0.8), run(8, True, 0.8)
-    assert stable1[0] == stable8[0] == 0.0, "same initialisation"
-    assert stable8[-1] < stable1[-1]
-    assert run(8, False, 2.5)[-1] > stable8[-1], "an unstable pair drifts further apart"
+# -------------------------------------------------------------------------------------------------
+# Paper B's LSTM condition, the norm convention, models with a chosen norm
+# -------------------------------------------------------------------------------------------------
+def _rescaled_lstm(bias: float, seed: int = 0, D: int = 16, H: int = 32) -> nn.LSTM:
+    torch.manual_seed(seed)
+    lstm = st.lstm_rescale_(nn.LSTM(D, H, batch_first=True))
+    return st.init_forget_bias_(lstm, bias)
 
 
-def test_char_batches_are_deterministic_and_shifted():
-    tokens = torch.arange(1000)
-    b = st.char_batches(tokens, batch=4, length=10, seed=3)
-    (x1, y1), (x2, _) = b(5), b(5)
-    assert torch.equal(x1, x2) and torch.equal(y1, x1 + 1) and x1.shape == (4, 10)
-    with pytest.raises(ValueError, match="too few"):
-        st.char_batches(torch.arange(5), 2, 10)
+def test_the_authors_constants_are_the_condition_at_a_forget_margin_of_0_396():
+    c, m = st.LSTM_COLUMN_NORMS, 0.396
+    assert c["i"] < m and c["o"] < m and c["z"] <= m / 4 + 1e-12 and c["f"] < m * m
+    # and not at a slightly smaller margin: the constants are tight
+    assert not (c["z"] <= 0.39 / 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_column_rescaling_certifies_the_1_norm_but_not_paper_b_rows(seed):
+    lstm = _rescaled_lstm(0.0, seed)
+    W = lstm.weight_hh_l0.detach()
+    for block, gate in zip(W.chunk(4), "ifzo"):
+        assert float(block.abs().sum(0).max()) <= st.LSTM_COLUMN_NORMS[gate] * (1 + 1e-6)  # columns: at the target
+        assert float(block.abs().sum(1).max()) > st.LSTM_COLUMN_NORMS[gate]  # rows: above it
+    ones, rows = st.lstm_condition(lstm, x_max=1.0, norm="1"), st.lstm_condition(lstm, x_max=1.0, norm="inf")
+    assert ones.holds and ones.lam < 1
+    assert not rows.holds and rows.lam > ones.lam
+    assert ones.lam == pytest.approx(st.contraction_bound(lstm, x_max=1.0))
+
+
+def test_paper_b_condition_implies_lambda_below_one():
+    gen = torch.Generator().manual_seed(0)
+    held = 0
+    for _ in range(300):
+        lstm = nn.LSTM(4, 8)
+        with torch.no_grad():
+            for block in lstm.weight_hh_l0.chunk(4):  # each block at a random induced 1-norm in [0, 0.6)
+                block.mul_(float(torch.rand((), generator=gen)) * 0.6 / float(block.abs().sum(0).max()))
+            lstm.weight_ih_l0.mul_(0.1)
+        st.init_forget_bias_(lstm, float(torch.rand((), generator=gen)) * 5 - 4)
+        cond = st.lstm_condition(lstm, x_max=1.0, norm="1")
+        held += cond.holds
+        if cond.holds:
+            assert cond.lam < 1, cond
+    assert held > 10, "the condition holds for some of the draws"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("norm", ["inf", "1"])
+def test_lstm_condition_is_a_lipschitz_constant_in_its_norm(norm):
+    torch.manual_seed(0)
+    H, D, N = 12, 6, 4000
+    lstm = nn.LSTM(D, H, batch_first=True)
+    lstm.weight_hh_l0.mul_(0.05)
+    lstm.weight_ih_l0.mul_(0.3)
+    st.init_forget_bias_(lstm, -1.0)
+    cond = st.lstm_condition(lstm, x_max=1.0, norm=norm)
+    assert cond.lam < 1
+    cell = cells.from_torch(lstm)
+    c_bar = 1 / (1 - cond.f_bar)
+    h = torch.rand(N, 1, H) * 2 - 1
+    c = (torch.rand(N, 1, H) * 2 - 1) * c_bar
+    s1 = torch.cat([h, c], -1)
+    s2 = (s1 + 1e-3 * torch.randn_like(s1)).clamp(-1, 1) * torch.cat([torch.ones(H), torch.full((H,), c_bar)])
+    x = torch.rand(N, 1, D) * 2 - 1
+    p = 1 if norm == "1" else float("inf")
+
+    def size(s):  # max(||h||_p, ||c||_p) over a packed state
+        return torch.maximum(torch.linalg.vector_norm(s[..., :H], p, -1), torch.linalg.vector_norm(s[..., H:], p, -1))
+
+    assert _worst_ratio(cell, (s1, s2), x, size) <= cond.lam
+
+
+def test_forget_gate_bound_over_a_finite_input_set_is_tighter_and_valid():
+    torch.manual_seed(0)
+    lstm = _rescaled_lstm(-1.0)
+    H = 32
+    table = torch.randn(50, 16) * 2  # an "embedding table"
+    W_f, U_f = lstm.weight_hh_l0.detach()[H : 2 * H], lstm.weight_ih_l0.detach()[H : 2 * H]
+    b_f = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()[H : 2 * H]
+    by_set = st.gate_upper_bound(W_f, U_f, b_f, inputs=table)
+    by_box = st.gate_upper_bound(W_f, U_f, b_f, x_max=float(table.abs().max()))
+    assert by_set < by_box
+    h = torch.rand(2000, 1, H) * 2 - 1  # any |h| <= 1 ...
+    x = table[torch.randint(0, 50, (2000,))][:, None]  # ... and any input from the table
+    f = torch.sigmoid(h @ W_f.T + x @ U_f.T + b_f)
+    assert float(f.max()) <= by_set
+    assert st.gate_upper_bound(W_f, U_f, b_f) == 1.0, "unbounded inputs: no bound"
+
+
+def test_init_forget_bias_sets_the_sum_and_the_authors_start_is_not_certified():
+    lstm = nn.LSTM(4, 8, num_layers=2)
+    st.init_forget_bias_(lstm, 20.0)  # the authors' 10 in bias_ih and 10 in bias_hh
+    for layer in range(2):
+        total = (getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")).detach()
+        assert torch.equal(total.chunk(4)[1], torch.full((8,), 20.0))
+        assert torch.equal(getattr(lstm, f"bias_hh_l{layer}").detach().chunk(4)[1], torch.zeros(8))
+    one = nn.LSTM(4, 8)
+    st.lstm_rescale_(st.init_forget_bias_(one, 20.0))
+    cond = st.lstm_condition(one, x_max=1.0, norm="1")
+    assert cond.f_bar > 1 - 1e-8 and not cond.holds and cond.lam > 1e6
+
+
+def test_lstm_condition_rejects_bad_input():
+    with pytest.raises(ValueError, match="'inf' or '1'"):
+        st.lstm_condition(nn.LSTM(3, 4), norm="2")
+    with pytest.raises(ValueError, match="one LSTM layer"):
+        st.lstm_condition(nn.GRU(3, 4))
+    assert st.lstm_condition(nn.LSTM(3, 4)).lam == float("inf"), "unbounded inputs"
+
+
+@pytest.mark.parametrize("kind, blocks", [(nn.RNN, 1), (nn.GRU, 3), (nn.LSTM, 4)])
+def test_scale_spectral_sets_every_gate_block(kind, blocks):
+    torch.manual_seed(0)
+    module = kind(5, 7, num_layers=2).double()
+    assert st.scale_spectral_(module, 0.7) is module
+    for layer in range(2):
+        for block in getattr(module, f"weight_hh_l{layer}").detach().chunk(blocks):
+            assert float(torch.linalg.matrix_norm(block, ord=2)) == pytest.approx(0.7, rel=1e-9)
+    rnn = st.scale_spectral_(nn.RNN(3, 6).double(), 2.5)
+    assert st.contraction_bound(rnn) == pytest.approx(2.5, rel=1e-9)
+    with pytest.raises(ValueError, match="norm must be > 0"):
+        st.scale_spectral_(rnn, 0.0)
+
+
+def test_project_model_can_leave_the_forget_gate_inputs_free():
+    lstm = nn.LSTM(5, 6)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(20)
+    U_f = lstm.weight_ih_l0.detach().chunk(4)[1].clone()
+    st.project_model_(lstm, input_forget_norm=None)
+    assert torch.equal(lstm.weight_ih_l0.detach().chunk(4)[1], U_f), "U_f untouched"
+    assert float(lstm.weight_hh_l0.detach().chunk(4)[1].abs().sum(0).max()) <= 0.155 * (1 + 1e-6), "W_f clipped"
+    st.project_model_(lstm)
+    assert float(lstm.weight_ih_l0.detach().chunk(4)[1].abs().sum(0).max()) <= 0.25 * (1 + 1e-6), "by default U_f too"

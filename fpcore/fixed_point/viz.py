@@ -1,80 +1,32 @@
-"""Computations and plots behind notebooks 03 (RNNs as fixed points) and 05 (Newton and quasi-Newton).
+"""Plots and widgets for notebooks 03 (RNNs as fixed points) and 05 (Newton and quasi-Newton).
 
-The notebooks stay thin: each helper here computes one thing the notebook shows (and asserts), or draws it.
+Plots only: what they draw is computed in the notebooks, where the algorithms are written out, or by
+:mod:`fpcore.fixed_point` itself. Every function takes plain tensors, lists and dicts.
 """
 
 from __future__ import annotations
 
 import math
-import time
-import warnings
+from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor, nn
-
-from fpcore import cells
-from fpcore.fixed_point import solve
-from fpcore.fixed_point.block_jacobi import blocks, default_block, default_overlap
-
-# the four ways of linearising the step that notebook 05 compares (block Jacobi has a section of its own)
-METHODS = ("jacobi", "quasi_newton", "newton", "damped")
+from torch import Tensor
 
 __all__ = [
-    "rnn_with_norm",
-    "jacobi_errors",
-    "dependency",
     "plot_errors",
     "plot_dependency",
     "dependency_grid",
     "dependency_widget",
-    "error_curves",
     "plot_curves",
-    "iterations_vs_T",
     "plot_iterations_vs_T",
-    "cost_per_iteration",
-    "block_table",
     "plot_block_table",
+    "plot_damping_map",
+    "damping_widget",
+    "plot_benchmark",
 ]
 
 
-# -- models --------------------------------------------------------------------------------------------
-def rnn_with_norm(
-    kind: str = "tanh", D: int = 3, H: int = 16, norm: float = 0.5, seed: int = 0, dtype=torch.float64
-) -> nn.Module:
-    """A one-layer nn.RNN ("tanh") / nn.GRU ("gru") / nn.LSTM ("lstm") whose every W_hh gate block has
-    spectral norm ``norm`` (< 1: contractive, paper B's stable regime for the tanh RNN; 3: chaotic)."""
-    torch.manual_seed(seed)
-    m = {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](D, H, batch_first=True).to(dtype)
-    with torch.no_grad():
-        W = m.weight_hh_l0
-        for g in range(W.shape[0] // H):
-            block = W[g * H : (g + 1) * H]
-            block.mul_(norm / torch.linalg.matrix_norm(block, ord=2))
-    return m.eval()
-
-
 # -- notebook 03: one Markov order per iteration ---------------------------------------------------------
-def jacobi_errors(cell, x: Tensor, ks, h0=None) -> Tensor:
-    """max-abs error of the Jacobi iterate h_t^(k) against the sequential h_t, per k and t: [len(ks), T]."""
-    ref = cells.sequential(cell, x, h0)
-    with torch.no_grad():
-        return torch.stack(
-            [(solve(cell, x, h0, method="jacobi", iters=k).states - ref).abs().amax(dim=(0, 2)) for k in ks]
-        )
-
-
-def dependency(cell, x: Tensor, k: int) -> Tensor:
-    """How h_t^(k) (k Jacobi iterations from zero) depends on x_s: D[t, s] = ||d h_t^(k) / d x_s||_F.
-
-    x [1, T, D] -> [T, T], from the Jacobian of the whole map (torch.autograd.functional.jacobian).
-    """
-    if x.shape[0] != 1:
-        raise ValueError(f"dependency takes one sequence, x [1, T, D]; got {tuple(x.shape)}")
-    fn = lambda xx: solve(cell, xx, method="jacobi", iters=k).outputs[0]  # noqa: E731  (T, H)
-    J = torch.autograd.functional.jacobian(fn, x, vectorize=True)  # (T, H, 1, T, D), one batched backward
-    return J[:, :, 0].pow(2).sum(dim=(1, 3)).sqrt()  # (T, T)
-
-
 def plot_errors(err: Tensor, ks, ax=None):
     """Heatmap of log10 max-abs error of h_t^(k) (rows k, columns t), with the line t = k."""
     import matplotlib.pyplot as plt
@@ -96,7 +48,7 @@ def plot_errors(err: Tensor, ks, ax=None):
         yticklabels=ks,
         xlabel="position t",
         ylabel="Jacobi iterations k",
-        title="log10 |h_t^(k) - h_t|: exact (black) for t <= k",
+        title="log10 |s_t^(k) - s_t|: exact (black) for t <= k",
     )
     ax.legend(loc="lower right", fontsize=8)
     plt.colorbar(im, ax=ax)
@@ -104,7 +56,7 @@ def plot_errors(err: Tensor, ks, ax=None):
 
 
 def plot_dependency(dep: Tensor, k: int, ax=None):
-    """Heatmap of log10 ||d h_t^(k) / d x_s|| over (t, s): a band of width k below the diagonal."""
+    """Heatmap of log10 ||d s_t^(k) / d x_t'|| over (t, t'): a band of width k ending on the diagonal."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(4, 3.6))[1]
@@ -117,7 +69,7 @@ def plot_dependency(dep: Tensor, k: int, ax=None):
         vmax=0,
         extent=(0.5, T + 0.5, T + 0.5, 0.5),
     )
-    ax.set(xlabel="input position s", ylabel="output position t", title=f"k = {k}: d h_t / d x_s")
+    ax.set(xlabel="input position t'", ylabel="output position t", title=f"k = {k}: d s_t / d x_t'")
     return ax
 
 
@@ -132,13 +84,14 @@ def dependency_grid(deps: dict):
     return fig
 
 
-def dependency_widget(cell, x: Tensor, k_max: int):
-    """An ipywidgets slider over k redrawing :func:`plot_dependency` (first render at k = 1, static)."""
+def dependency_widget(dependency: Callable[[int], Tensor], k_max: int):
+    """An ipywidgets slider over k redrawing :func:`plot_dependency` of ``dependency(k)`` ([T, T]); its first
+    render (k = 1) is static output, so an executed notebook still shows one heatmap."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
     def show(k=1):
-        plot_dependency(dependency(cell, x, k), k)
+        plot_dependency(dependency(k), k)
         plt.show()
 
     return widgets.interact(
@@ -148,120 +101,114 @@ def dependency_widget(cell, x: Tensor, k_max: int):
 
 
 # -- notebook 05: Newton and quasi-Newton --------------------------------------------------------------
-def error_curves(cell, x: Tensor, methods=tuple(METHODS), **kwargs) -> dict[str, dict]:
-    """Per method: max-abs error against the sequential states after each iteration, and the result.
+# one look per method, so that lines that coincide (damped = Newton when it never damps) stay visible: the
+# lower one wide and hollow, the upper one thin and dashed
+STYLE = {
+    "jacobi": dict(color="C0", marker="o", ls="-", lw=1.2, ms=3),
+    "quasi_newton": dict(color="C1", marker="s", ls="-", lw=1.2, ms=3),
+    "newton": dict(color="C2", marker="o", ls="-", lw=4, ms=9, mfc="none", alpha=0.55),
+    "damped": dict(color="C3", marker="x", ls="--", lw=1.2, ms=5),
+    "block_jacobi": dict(color="C4", marker="^", ls="-", lw=1.2, ms=3),
+}
 
-    Returns {method: {"errors": [...], "result": FixedPointResult, "warnings": [messages]}}.
-    """
-    ref = cells.sequential(cell, x)
-    out = {}
-    for method in methods:
-        errs = []
-        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-            warnings.simplefilter("always")
-            res = solve(
-                cell,
-                x,
-                method=method,
-                grad="none",
-                callback=lambda k, S, errs=errs: errs.append(float((S - ref).abs().max())),
-                **kwargs,
-            )
-        out[method] = dict(errors=errs, result=res, warnings=[str(w.message) for w in caught])
-    return out
+
+def _style(method: str, i: int) -> dict:
+    return STYLE.get(method, dict(color=f"C{i}", marker="o", ls="-", ms=3))
 
 
 def plot_curves(curves: dict, title: str = "", ax=None):
-    """Error against the sequential result per iteration (log y), one line per method."""
+    """Error against the sequential result per iteration (log y), one line per method.
+
+    ``curves``: method -> {"errors": [max-abs error after each iteration], "diverged": bool}. Newton is drawn
+    wide and hollow under a thin dashed damped line, so the two stay visible where they coincide.
+    """
     import matplotlib.pyplot as plt
 
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
     for i, (method, c) in enumerate(curves.items()):
-        errs = [e if math.isfinite(e) else float("nan") for e in c["errors"]]
-        label = method + (" (diverged)" if c["result"].diverged else "")
-        ax.semilogy(range(1, len(errs) + 1), [max(e, 1e-17) for e in errs], "o-", ms=3, color=f"C{i}", label=label)
-    ax.set(xlabel="iteration", ylabel="max |h^(k) - h|", title=title)
+        errs = [max(e, 1e-17) if math.isfinite(e) else float("nan") for e in c["errors"]]
+        label = method + (" (diverged)" if c.get("diverged") else "")
+        ax.semilogy(range(1, len(errs) + 1), errs, label=label, **_style(method, i))
+    ax.set(xlabel="iteration k", ylabel="max |s^(k) - s|", title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return ax
 
 
-def iterations_vs_T(cell_fn, lengths, methods=tuple(METHODS), B: int = 4, tol: float = 1e-8, seed: int = 0):
-    """Iterations to ``tol`` and final max-abs error for each T and method: {method: [(T, iters, err)]}."""
-    out = {m: [] for m in methods}
-    for T in lengths:
-        cell = cell_fn()
-        x = torch.randn(
-            B, T, cell.input_size, generator=torch.Generator().manual_seed(seed), dtype=cell.weight_hh.dtype
-        )
-        ref = cells.sequential(cell, x)
-        for method in methods:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = solve(cell, x, method=method, tol=tol, grad="none")
-            out[method].append((T, res.iterations, float((res.states - ref).abs().max()), res.converged))
-    return out
-
-
 def plot_iterations_vs_T(table: dict, title: str = ""):
+    """Two log-log panels from ``table``: method -> [(T, iterations, max-abs error, converged)]."""
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     for i, (method, rows) in enumerate(table.items()):
         Ts = [r[0] for r in rows]
-        a.loglog(Ts, [r[1] for r in rows], "o-", color=f"C{i}", label=method)
-        b.loglog(Ts, [max(r[2], 1e-17) for r in rows], "o-", color=f"C{i}", label=method)
+        a.loglog(Ts, [r[1] for r in rows], label=method, **_style(method, i))
+        b.loglog(Ts, [max(r[2], 1e-17) for r in rows], label=method, **_style(method, i))
     a.set(xlabel="T", ylabel="iterations to tol", title=title)
     b.set(xlabel="T", ylabel="max-abs error vs sequential", title="error at the stop")
     for ax in (a, b):
         ax.grid(True, which="both", alpha=0.3)
-    a.legend(fontsize=8)
+    a.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def cost_per_iteration(cell, x: Tensor, methods=tuple(METHODS), iters: int = 3) -> dict[str, float]:
-    """Seconds per iteration of each method (``iters`` iterations, after one warm-up): a rough guide."""
-    out = {}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for method in methods:
-            solve(cell, x, method=method, iters=1, grad="none")  # warm-up (the CPU scan compiles once)
-            t0 = time.perf_counter()
-            res = solve(cell, x, method=method, iters=iters, tol=0.0, grad="none")
-            out[method] = (time.perf_counter() - t0) / max(res.iterations, 1)
-    return out
+def plot_damping_map(iterations: Tensor, norms: Sequence[float], alphas: Sequence[float], T: int, ax=None):
+    """Heatmap of the iterations a fixed damping alpha needs, for each weight norm (rows) and alpha (columns).
+
+    ``iterations`` [len(norms), len(alphas)]: iterations to the tolerance, or ``nan`` where the iteration
+    diverged (drawn white, marked "div"). alpha = 0 is Jacobi, alpha = 1 Newton; the colour scale ends at T,
+    the most any causal method needs.
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.8))[1]
+    im = ax.imshow(iterations.double().cpu(), cmap="viridis", aspect="auto", origin="lower", vmin=1, vmax=T)
+    ax.set(
+        xticks=range(len(alphas)),
+        xticklabels=[f"{a:g}" for a in alphas],
+        yticks=range(len(norms)),
+        yticklabels=[f"{n:g}" for n in norms],
+        xlabel="damping alpha (0: Jacobi, 1: Newton)",
+        ylabel="||W_hh||_2",
+        title="iterations to tol (white: diverged)",
+    )
+    for r in range(len(norms)):
+        for c in range(len(alphas)):
+            v = float(iterations[r, c])
+            dark = not math.isnan(v) and v <= T / 2  # white text on the dark end of viridis
+            ax.text(
+                c,
+                r,
+                "div" if math.isnan(v) else f"{v:.0f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="w" if dark else "k",
+            )
+    plt.colorbar(im, ax=ax)
+    return ax
 
 
-def block_table(cases: dict, x: Tensor, lengths=None, tol: float = 1e-10) -> list[dict]:
-    """Block Jacobi from Jacobi (L = 1) to the loop (L = T): for each named cell in ``cases`` and each block
-    length L, with no overlap and with the default one, the sweeps to ``tol``, the sequential steps they
-    take (sweeps x (L + w): the depth), the work relative to the loop (sweeps x (L + w) / L), the rows per
-    step (B x ceil(T / L)) and the max-abs error against the loop."""
-    B, T, _ = x.shape
-    lengths = lengths or sorted({1, 4, 16, default_block(T), T})
-    rows = []
-    for name, cell in cases.items():
-        with torch.no_grad():
-            ref = cells.sequential(cell, x)
-        for L in lengths:
-            for w in sorted({0, default_overlap(L)}):
-                with torch.no_grad():
-                    r = solve(cell, x, method="block_jacobi", block=L, overlap=w, tol=tol, grad="none")
-                rows.append(
-                    dict(
-                        cell=name,
-                        L=L,
-                        w=w,
-                        sweeps=r.iterations,
-                        steps=r.iterations * (L + w),
-                        work=r.iterations * (L + w) / L,
-                        rows=B * blocks(T, L),
-                        error=float((r.states - ref).abs().max()),
-                        converged=r.converged,
-                    )
-                )
-    return rows
+def damping_widget(run: Callable[[float, float], dict], norms: Sequence[float], alphas: Sequence[float], title=""):
+    """Sliders over the weight norm and the damping alpha; ``run(norm, alpha)`` returns curves for
+    :func:`plot_curves` (e.g. Jacobi, Newton and the damped step at that alpha). The first render is static."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(norm=norms[0], alpha=alphas[0]):
+        plot_curves(run(norm, alpha), f"{title} ||W|| = {norm:g}, alpha = {alpha:g}")
+        plt.show()
+
+    return widgets.interact(
+        show,
+        norm=widgets.SelectionSlider(
+            options=list(norms), value=norms[0], description="||W_hh||_2", continuous_update=False
+        ),
+        alpha=widgets.SelectionSlider(
+            options=list(alphas), value=alphas[0], description="alpha", continuous_update=False
+        ),
+    )
 
 
 def plot_block_table(rows: list[dict], T: int, ax=None):
@@ -284,5 +231,59 @@ def plot_block_table(rows: list[dict], T: int, ax=None):
     ax.axhline(T, color="k", lw=1, ls=":", label=f"the loop: T = {T} steps")
     ax.set(xlabel="block length L", ylabel="sequential steps to tol", title="block Jacobi: depth vs L")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     return ax
+
+
+def plot_benchmark(rows: list[dict], title: str = ""):
+    """Seconds to the tolerance per method, from the rows of a fixed-point benchmark record (results/): one panel
+    per (cell, T), stable and unstable weights side by side (log y). Hatched: stopped by the benchmark's time
+    limit before reaching the tolerance (``converged`` false); "skipped": not run (the reason is in ``note``)."""
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["cell"], r["T"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ncols = min(2, len(cases))
+    nrows = -(-len(cases) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(cases) :]:
+        ax.set_visible(False)
+    for ax, (cell, T) in zip(axes.flat, cases):
+        for j, weights in enumerate(("stable", "unstable")):
+            for i, method in enumerate(methods):
+                r = next(
+                    (r for r in rows if (r["cell"], r["T"], r["weights"], r["method"]) == (cell, T, weights, method)),
+                    None,
+                )
+                x = i + (j - 0.5) * 0.4
+                if r is None or r["time_s"] is None:
+                    ax.text(
+                        x,
+                        0.02,
+                        "skipped",
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        transform=ax.get_xaxis_transform(),
+                    )
+                    continue
+                ax.bar(
+                    x,
+                    r["time_s"],
+                    width=0.4,
+                    color=f"C{j}",
+                    hatch="" if r["converged"] else "///",
+                    edgecolor="k",
+                    lw=0.5,
+                    label=weights if i == 0 else None,
+                )
+        ax.set(yscale="log", title=f"{cell}, T = {T}", xticks=range(len(methods)))
+        ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("seconds to tol")
+    axes[0][0].legend(fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
