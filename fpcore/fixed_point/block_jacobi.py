@@ -72,7 +72,19 @@ from torch import Tensor
 
 from fpcore import cells
 
-__all__ = ["KAPPA", "OVERLAP", "choose", "blocks", "setup", "step", "residual", "inner", "INNERS"]
+__all__ = [
+    "KAPPA",
+    "OVERLAP",
+    "choose",
+    "default_block",
+    "default_overlap",
+    "blocks",
+    "setup",
+    "step",
+    "residual",
+    "inner",
+    "INNERS",
+]
 
 # rows of the fused layer whose arithmetic costs one step's fixed cost, per device type (see the docstring;
 # measured with `python -m fpcore bench block-jacobi`: CPU on a 2-core EPYC VM, CUDA from the cuDNN step time)
@@ -92,6 +104,16 @@ def choose(T: int, B: int, device: torch.device | str = "cpu", *, block=None, ov
         block = max(1, w, round(math.sqrt(B * T * max(w, 1) / kappa)))
     M = min(block, T)
     return M, min(w, M)
+
+
+def default_block(T: int, B: int = 1, device: torch.device | str = "cpu") -> int:
+    """The rule's block length M for T positions and B rows on ``device`` (with the default overlap)."""
+    return choose(T, B, device)[0]
+
+
+def default_overlap(M: int) -> int:
+    """The default warm-up w for blocks of M positions: :data:`OVERLAP`, at most M."""
+    return min(OVERLAP, M)
 
 
 def blocks(T: int, M: int) -> int:

@@ -279,7 +279,7 @@ def plot_block_table(rows: list[dict], T: int, ax=None):
             "o-" if overlap else "s--",
             ms=4,
             color=f"C{i}",
-            label=f"{name}, {'w = L/4' if overlap else 'no overlap'}",
+            label=f"{name}, {'default w' if overlap else 'no overlap'}",
         )
     ax.axhline(T, color="k", lw=1, ls=":", label=f"the loop: T = {T} steps")
     ax.set(xlabel="block length L", ylabel="sequential steps to tol", title="block Jacobi: depth vs L")
