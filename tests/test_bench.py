@@ -138,7 +138,7 @@ def test_figures_leave_the_backend_alone(monkeypatch):
 
     monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("matplotlib.use called"))
     payload = {
-        "config": {"device": "cpu", "dtype": "float32", "cpu_threads": 1, "repeat": 1},
+        "config": {"device": "cpu", "dtype": "float32", "threads": 1, "repeat": 1},
         "rows": [{"B": 1, "T": 8, "D": 2, "mode": "fwd", "provider": "numba", "ms": 1.0}],
         "load_average": {"before": [0.0, 0.0, 0.0]},
     }
@@ -156,7 +156,7 @@ def test_tiny_scan_sweep_writes_json_and_png(tmp_path, monkeypatch, capsys):
     assert "membound:addcmul" in out and "not run: cupy" in out
     record = json.loads((tmp_path / "scan_test.json").read_text())
     assert record["meta"]["device_type"] == "cpu" and "commit" in record["meta"]
-    assert record["config"]["cpu_threads"] == 1 and record["stopped_early"] is None
+    assert record["config"]["threads"] == 1 and record["stopped_early"] is None
     timed = [r for r in record["rows"] if "ms" in r]
     assert {r["mode"] for r in timed} == {"fwd", "bwd", "fwdbwd"}
     assert {r["T"] for r in timed} == {32, 64}

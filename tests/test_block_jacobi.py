@@ -250,3 +250,19 @@ def test_the_rule_balances_depth_and_overlap_work():
     assert block_jacobi.choose(50, 1, "cpu") == (50, 50)  # M <= T, w <= M
     assert block_jacobi.choose(10**6, 16, "cuda", overlap=0)[0] >= 1
     assert block_jacobi.choose(1000, 16, "cpu", block=7, overlap=3) == (7, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["tanh", "gru", "lstm"])
+def test_cudnn_inside_the_blocks_matches_the_step_loop_and_torch_nn(kind):
+    torch.manual_seed(2)
+    m = {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](8, 32, batch_first=True).cuda()
+    x = torch.randn(4, 5000, 8, device="cuda")
+    with torch.no_grad():
+        y, _ = m(x)
+        fused = solve(cells.from_torch(m), x, method="block_jacobi", tol=1e-6)
+        with block_jacobi.inner("loop"):
+            loop = solve(cells.from_torch(m), x, method="block_jacobi", tol=1e-6)
+    assert fused.info["inner"] == "torch.nn" and fused.converged and loop.converged
+    assert fused.info["block"] == block_jacobi.choose(5000, 4, "cuda")[0]
+    assert (fused.outputs - y).abs().max() < 1e-4 and (fused.outputs - loop.outputs).abs().max() < 1e-4

@@ -210,7 +210,7 @@ def figure(payload: dict[str, Any]):
     """Time to tol against M, one line per w and a panel per cell; the rule's choice starred, torch.nn dashed."""
     import matplotlib.pyplot as plt
 
-    from fpcore.results import device_name
+    from fpcore.bench.toolkit import machine
 
     c = payload["config"]
     kinds = list(dict.fromkeys(r["cell"] for r in payload["rows"]))
@@ -233,10 +233,9 @@ def figure(payload: dict[str, Any]):
         ax.set(xscale="log", yscale="log", xlabel="block length M", ylabel="seconds to tol", title=f"{kind.upper()}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    device = payload.get("meta", {}).get("device") or device_name(c["device"])
     fig.suptitle(
-        f"block Jacobi, H={c['hidden']}, B={c['batch']}, T={c['length']}, tol {c['tol']:g}, float32 | {device}, "
-        f"{c['threads']} thread(s), load {payload['load_average']['before']} (hollow: not converged)",
+        f"block Jacobi, H={c['hidden']}, B={c['batch']}, T={c['length']}, tol {c['tol']:g}, float32 | "
+        f"{machine(payload)} (hollow: not converged)",
         fontsize=9,
     )
     fig.tight_layout()

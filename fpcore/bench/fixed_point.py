@@ -362,7 +362,7 @@ def figure(payload: dict[str, Any]):
     """Time to tol vs T, one panel per (cell, H, weights), log-log; hollow markers: not converged."""
     import matplotlib.pyplot as plt
 
-    from fpcore.results import device_name
+    from fpcore.bench.toolkit import machine
 
     rows, c = payload["rows"], payload["config"]
     panels = sorted({(r["cell"], r["H"], r["weights"]) for r in rows})
@@ -387,10 +387,9 @@ def figure(payload: dict[str, Any]):
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    device = payload.get("meta", {}).get("device") or device_name(c["device"])
     fig.suptitle(
-        f"fixed-point solvers, time to tol {c['tol']:g} (hollow: not converged) | B={c['batch']}, float32 | {device}, "
-        f"{c['threads']} thread(s), torch {torch.__version__}, load {payload['load_average']['before']}",
+        f"fixed-point solvers, time to tol {c['tol']:g} (hollow: not converged) | B={c['batch']}, float32 | "
+        f"{machine(payload)}",
         fontsize=9,
     )
     fig.tight_layout()

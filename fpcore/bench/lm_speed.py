@@ -98,16 +98,15 @@ def figure(payload: dict[str, Any]):
     """Tokens per second, one bar per method."""
     import matplotlib.pyplot as plt
 
-    from fpcore.results import device_name
+    from fpcore.bench.toolkit import machine
 
     c, rows = payload["config"], payload["rows"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar([r["method"] for r in rows], [r["tokens_per_s"] for r in rows], color=["C0"] + ["C1"] * (len(rows) - 1))
     ax.set(ylabel="tokens / s (training)")
-    device = payload.get("meta", {}).get("device") or device_name(c["device"])
     ax.set_title(
         f"{c['layers']} x {c['hidden']} {c['cell'].upper()} LM, V={c['vocab']}, B={c['batch']}, window {c['bptt']} | "
-        f"{device}",
+        f"{machine(payload)}",
         fontsize=8,
     )
     fig.tight_layout()

@@ -253,7 +253,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "inputs": "N(0, 1)",
             "bytes_per_element": BYTES_PER_ELEMENT,
             "baseline": "CPU: addcmul into a fresh output from the CPU scan's allocator; CUDA: a fresh copy",
-            "cpu_threads": threads,
+            "threads": threads,
         },
         "rows": rows,
         "targets": targets(rows, device, threads),
@@ -366,14 +366,12 @@ def figure(payload: dict[str, Any], title: str | None = None):
     """Log-log time vs T, one panel per (B, D); solid forward, dashed forward+backward, black the baseline."""
     import matplotlib.pyplot as plt
 
-    from fpcore.results import device_name
+    from fpcore.bench.toolkit import machine
 
     c = payload["config"]
     if title is None:
-        meta = payload.get("meta", {})
         title = (
-            f"linear scan, {c['dtype']}, {meta.get('device') or device_name(c['device'])}, {c['cpu_threads']} CPU "
-            f"thread(s), load {payload['load_average']['before']}\n(solid: forward, dashed: forward+backward, black: "
+            f"linear scan, {c['dtype']} | {machine(payload)}\n(solid: forward, dashed: forward+backward, black: "
             f"memory-bound op; median of {c['repeat']} interleaved rounds)"
         )
     rows = [r for r in payload["rows"] if "ms" in r]

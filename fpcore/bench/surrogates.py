@@ -127,14 +127,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         timed = time_side_by_side(fns, device=device, warmup=args.warmup, repeat=repeat)
         t_loop = timed["loop"]["median"] if "loop" in timed else None
         serial = "numba" if "numba" in timed else None
+        point = {"model": name, "T": T, "B": B, "H": H}
         for p in providers:
             t = timed[p]["median"]
             rows.append(
                 {
-                    "model": name,
-                    "T": T,
-                    "B": B,
-                    "H": H,
+                    **point,
                     "provider": p,
                     "ms": t * 1e3,
                     "min_ms": timed[p]["min"] * 1e3,
@@ -144,16 +142,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         for p in not_here:
-            rows.append(
-                {
-                    "model": name,
-                    "T": T,
-                    "B": B,
-                    "H": H,
-                    "provider": p,
-                    "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}",
-                }
-            )
+            rows.append({**point, "provider": p, "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}"})
         del x, gout, y_ref, model
     return {
         "config": {
@@ -166,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "models": args.models,
             "providers": args.providers,
             "repeat": repeat,
-            "torch_threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(),
             "warmup": args.warmup,
             "timed": "forward + backward (grads of x and all parameters)",
             "error": "max |y - y_float64_loop| of the forward output",
@@ -211,13 +200,12 @@ def figure(payload: dict[str, Any], title: str | None = None):
     import matplotlib.pyplot as plt
 
     if title is None:
-        from fpcore.results import device_name
+        from fpcore.bench.toolkit import machine
 
-        c, meta = payload["config"], payload.get("meta", {})
+        c = payload["config"]
         title = (
             f"{c['layers']} layers x {c['hidden']}, B*T = {c['tokens_B_times_T']}, {c['dtype']}, fwd+bwd, "
-            f"{meta.get('device') or device_name(c['device'])}, {c['torch_threads']} CPU thread(s), "
-            f"load {payload['load_average']['before']}"
+            f"{machine(payload)}"
         )
     rows = [r for r in payload["rows"] if "ms" in r and r["provider"] != "loop" and r.get("x_loop")]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

@@ -9,7 +9,8 @@ timed in the same rounds, records the load average beside its timings, and saves
 - the machine: :func:`pin_threads` (torch and Numba together), :class:`LoadWatch` (the 1/5/15-minute load
   averages before and after), :func:`peak_memory_mb` (:class:`PeakMemory`: CUDA peak allocation, or CPU
   peak resident memory);
-- reporting: :func:`gbps`, :func:`format_table`, :func:`device_tag`, :func:`verdict`, :func:`save`;
+- reporting: :func:`gbps`, :func:`format_table`, :func:`device_tag`, :func:`machine`, :func:`verdict`,
+  :func:`save`;
 - command lines: :func:`positive`, :func:`comma_list`, :func:`int_list`, :func:`add_common_arguments`.
 
 It imports nothing of fpcore at module level except :mod:`fpcore.results` inside :func:`save`, so any module
@@ -51,6 +52,7 @@ __all__ = [
     "gbps",
     "format_table",
     "device_tag",
+    "machine",
     "verdict",
     "save",
 ]
@@ -362,6 +364,19 @@ def device_tag(device: torch.device | str) -> str:
     if dev.type != "cuda":
         return dev.type
     return re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(dev).lower()).strip("_")
+
+
+def machine(payload: dict[str, Any]) -> str:
+    """Where and how a payload was measured, for a figure's title: device, threads, torch, load average."""
+    import torch
+
+    from fpcore.results import device_name
+
+    c = payload["config"]
+    device = payload.get("meta", {}).get("device") or device_name(c["device"])
+    version = payload.get("meta", {}).get("torch_version") or torch.__version__
+    load = payload.get("load_average", {}).get("before")
+    return f"{device}, {c.get('threads', '?')} thread(s), torch {version}, load {load}"
 
 
 def verdict(name: str, target: dict[str, Any]) -> str:

@@ -218,14 +218,19 @@ class _Fused:
         """x [N, R, D] time-major, s [R, S] packed -> (h at every step [N, R, H], the last packed state [R, S])."""
         H = self.cell.hidden_size
         hx = (s[None, :, :H].contiguous(), s[None, :, H:].contiguous()) if self.lstm else s[None].contiguous()
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.params.values()):
-            import warnings
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # cuDNN in full float32, as the cell computes (TF32: ~1e-3 off)
+        try:
+            if torch.is_grad_enabled() and any(p.requires_grad for p in self.params.values()):
+                import warnings
 
-            with warnings.catch_warnings():  # cuDNN compacts the separate weight tensors itself: fine here
-                warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
-                y, hn = torch.func.functional_call(self.module, self.params, (x, hx))
-        else:
-            y, hn = self.module(x, hx)
+                with warnings.catch_warnings():  # cuDNN compacts the separate weight tensors itself: fine here
+                    warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+                    y, hn = torch.func.functional_call(self.module, self.params, (x, hx))
+            else:
+                y, hn = self.module(x, hx)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
         return y, (torch.cat([hn[0][0], hn[1][0]], -1) if self.lstm else hn[0])
 
 
