@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fpcore import cells
 from fpcore.fixed_point import solve
-from fpcore.fixed_point.block_jacobi import blocks, default_block, default_overlap
+from fpcore.fixed_point.block_jacobi import blocks, default_overlap
 
 # the four ways of linearising the step that notebook 05 compares (block Jacobi has a section of its own)
 METHODS = ("jacobi", "quasi_newton", "newton", "damped")
@@ -239,7 +239,7 @@ def block_table(cases: dict, x: Tensor, lengths=None, tol: float = 1e-10) -> lis
     take (sweeps x (L + w): the depth), the work relative to the loop (sweeps x (L + w) / L), the rows per
     step (B x ceil(T / L)) and the max-abs error against the loop."""
     B, T, _ = x.shape
-    lengths = lengths or sorted({1, 4, 16, default_block(T), T})
+    lengths = lengths or sorted({1, 4, 16, round(math.sqrt(T)), T})  # sqrt(T): depth and width balance
     rows = []
     for name, cell in cases.items():
         with torch.no_grad():
