@@ -49,6 +49,7 @@ __all__ = [
     "LSTMCell",
     "CellStack",
     "from_torch",
+    "to_torch",
     "sequential",
     "truncated",
     "tanh",
@@ -492,3 +493,28 @@ def truncated(cell, x: Tensor, k: int, h0=None) -> Tensor:
             s = torch.where(valid, c.step(s, u[:, src.clamp(min=0)]), s)
         inp = c.output(s)
     return s
+
+
+def to_torch(cell: Cell, *, batch_first: bool = True) -> nn.Module:
+    """The one-layer ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` that computes ``cell`` (the inverse of :func:`from_torch`).
+
+    The module holds copies of the cell's weights (gradients do not flow back to the cell; to differentiate,
+    call it through ``torch.func.functional_call`` with the cell's tensors, as block Jacobi does), on their
+    dtype and device, so that torch's fused layer (oneDNN on CPU, cuDNN on CUDA) can run the step loop. Only
+    the exact :class:`RNNCell`, :class:`GRUCell` and :class:`LSTMCell` convert: a subclass may change the step.
+    """
+    kinds = {RNNCell: nn.RNN, GRUCell: nn.GRU, LSTMCell: nn.LSTM}
+    if type(cell) not in kinds:
+        raise ValueError(f"to_torch converts RNNCell, GRUCell and LSTMCell, not {type(cell).__name__}")
+    has_bias = cell.bias_ih is not None or cell.bias_hh is not None
+    kw = {"nonlinearity": cell.nonlinearity} if isinstance(cell, RNNCell) else {}
+    w = cell.weight_hh
+    module = kinds[type(cell)](
+        cell.input_size, cell.hidden_size, bias=has_bias, batch_first=batch_first, device=w.device, dtype=w.dtype, **kw
+    )
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if hasattr(module, f"{name}_l0"):
+                value = getattr(cell, name)
+                getattr(module, f"{name}_l0").copy_(value if value is not None else 0.0)
+    return module.requires_grad_(False)

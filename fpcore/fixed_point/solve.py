@@ -8,10 +8,10 @@ F(S^(k)) for all t at once; they differ only in the step:
     "quasi_newton"  S <- S + d, d_t = diag(J_t) d_{t-1} + r_t     (quasi-DEER)  ... .quasi_newton
     "newton"        S <- S + d, d_t = J_t d_{t-1} + r_t           (DEER)        ... .newton
     "damped"        Newton with J shrunk by a trust region alpha  (ELK-style)   ... .damped
-    "block_jacobi"  the loop inside blocks of L steps, Jacobi across them       ... .block_jacobi
+    "block_jacobi"  the loop inside blocks of M steps, Jacobi across them       ... .block_jacobi
 
 (r = F(S) - S.) All are causal: an iteration makes at least one more position exact (block Jacobi: one
-more block), so each is exact after T iterations (block Jacobi: ceil(T / L)), and none ever runs more.
+more block), so each is exact after T iterations (block Jacobi: ceil(T / M)), and none ever runs more.
 """
 
 from __future__ import annotations
@@ -159,9 +159,9 @@ def solve(
             budget for methods that need many iterations. Judged like an early ``iters`` stop.
     callback    called as ``callback(k, S)`` after iteration k with the new iterate (e.g. to record the
             error of every iterate against a reference, as notebook 05 does); its result is ignored.
-    block, overlap   block Jacobi's block length L (None: ceil(sqrt(T))) and warm-up w (None: min(L // 4,
-            64); capped at L), recorded in ``.info``. L = 1, w = 0 is Jacobi and L = T the step loop. Only
-            for ``method="block_jacobi"``, which also stops when max |F(S) - S| <= tol (see its module).
+    block, overlap   block Jacobi's block length M and warm-up w (None: the rule of its module; capped at
+            T and M), recorded in ``.info``. M = 1, w = 0 is Jacobi and M = T the step loop. Only for
+            ``method="block_jacobi"``, which also stops when max |F(S) - S| <= tol (see its module).
 
     Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that grows
     to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate
@@ -240,10 +240,8 @@ def _solve_cell(
     stop_tol = tol if tol is not None else (0.0 if iters is not None else check_tol)
     exact_after = T  # iterations after which the method is exact from any start
     ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
-    if method == "block_jacobi":
-        ctx.state["block"] = L = min(block or block_jacobi.default_block(T), T)
-        ctx.state["overlap"] = min(L, block_jacobi.default_overlap(L) if overlap is None else overlap)
-        exact_after = block_jacobi.blocks(T, L)
+    if method == "block_jacobi":  # block length, overlap and the fused layer's inputs
+        exact_after = block_jacobi.setup(ctx, x, block=block, overlap=overlap)
     max_iters = exact_after if iters is None else min(iters, exact_after)
 
     with torch.set_grad_enabled(want_grad):

@@ -4,8 +4,9 @@ Why a sequential loop is the fast CPU scan: a CPU has a handful of cores, and B 
 recurrences are already far more parallel work than that. So each thread takes a block of
 contiguous features of one batch row and walks t = 1..T: it reads a_t and b_t once and writes h_t
 once, with the inner loop over D vectorised by LLVM. That is the same memory traffic as one
-elementwise op (read 2, write 1), which is the CPU target (forward within 2x of ``torch.addcmul``
-over the same bytes). A tree or chunked scan would only add passes.
+elementwise op (read 2, write 1): the benchmark's CPU target is the forward within 1.2x of
+``torch.addcmul`` over the same bytes, both writing into a fresh output from :func:`empty`. A tree or chunked
+scan would only add passes.
 
 Compiled on first use (about a second per dtype; importing this module imports Numba but compiles
 nothing, and importing :mod:`fpcore.scan` does not import this module at all). float32 and float64
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["scan", "scan_backward"]
+__all__ = ["scan", "scan_backward", "empty"]
 
 _NATIVE = (torch.float32, torch.float64)
 
@@ -109,14 +110,15 @@ def _block(B: int, D: int) -> int:
 _HUGE_MIN_BYTES = 32 << 20
 
 
-def _empty(B: int, T: int, D: int, dtype: torch.dtype) -> torch.Tensor:
+def empty(B: int, T: int, D: int, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised [B, T, D] CPU tensor; large ones on transparent huge pages where Linux allows.
 
     Why: the kernel streams at memory speed, so first-touch page faults on a fresh output (one per
     4 KiB page, several per microsecond of kernel time) cost more than the scan itself: measured here
     (2-core EPYC VM) filling a fresh 32 MiB torch.empty took ~22 ms against ~6 ms on huge pages.
     torch's own allocator does this only with THP_MEM_ALLOC_ENABLE=1 set before it starts. Set
-    FPCORE_HUGEPAGES=0 to turn it off. The tensor owns its mapping (freed with the tensor).
+    FPCORE_HUGEPAGES=0 to turn it off. The tensor owns its mapping (freed with the tensor). The scan
+    benchmark allocates its memory-bound baseline's output here too, so both pay for fresh pages alike.
     """
     numel = B * T * D
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -150,8 +152,8 @@ def scan(
 ) -> torch.Tensor:
     """``h_t = a_t * h_{t-1} + b_t`` (reverse: ``h_{t+1}``) on CPU tensors; a, b [B, T, D], h0 [B, D] or None.
 
-    ``out`` (internal, used by the benchmark to time the kernel apart from allocating 4 B * B*T*D of
-    fresh pages): a contiguous float32/float64 [B, T, D] tensor of the working dtype to write h into.
+    ``out`` (internal): a contiguous float32/float64 [B, T, D] tensor of the working dtype to write h into
+    (None: a fresh one from :func:`empty`).
     """
     out_dtype = a.dtype
     work = a.dtype if a.dtype in _NATIVE else torch.float32
@@ -159,7 +161,7 @@ def scan(
     B, T, D = a.shape
     h0 = torch.zeros(B, D, dtype=work) if h0 is None else h0.to(work)
     if out is None or out.dtype != work:
-        out = _empty(B, T, D, work)
+        out = empty(B, T, D, work)
     fn = _forward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _forward_ser
     fn(
         _np(a).reshape(B * T, D),
@@ -180,8 +182,8 @@ def scan_backward(a, h, h0, grad, *, reverse: bool):
     B, T, D = a.shape
     a_w, h_w, grad_w = a.to(work), h.to(work), grad.to(work)
     h0_w = torch.zeros(B, D, dtype=work) if h0 is None else h0.to(work)
-    g = _empty(B, T, D, work)
-    da = _empty(B, T, D, work)
+    g = empty(B, T, D, work)
+    da = empty(B, T, D, work)
     rows = lambda x: x.reshape(B * T, D)  # noqa: E731  [B, T, D] -> [B * T, D]
     fn = _backward_par if a.numel() >= _PARALLEL_MIN_ELEMENTS else _backward_ser
     fn(

@@ -1,7 +1,7 @@
 """Plots for notebook 01: tree-scan diagrams, the three-phase picture, depth and work, error growth with T.
 
 Plot helpers and the cost model only; the computations they draw live in :mod:`fpcore.scan.ref` and
-:mod:`fpcore.scan.bench`. Each plotting function returns the matplotlib Figure.
+:mod:`fpcore.bench.scan`. Each plotting function returns the matplotlib Figure.
 """
 
 from __future__ import annotations

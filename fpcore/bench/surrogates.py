@@ -15,16 +15,18 @@ each provider, everything else (projections, convolutions, gates) identical:
 The table gives the median time, the speed-up over ``loop`` (``x_loop``) and over the serial kernel
 where one ran (``x_serial``), and the max-abs-error of the forward output against the float64 model
 with the loop recurrence. Quick (default): H = 64, B T = 4,096, T in {16, 256, 4096}, CPU-sized.
-``--full``: H = 256, B T = 65,536, T in {16, 256, 4096, 65536}. Writes results/surrogate_speed_<device>.json/.png.
+``--full``: H = 256, B T = 65,536, T in {16, 256, 4096, 65536}. Writes the record surrogate_speed_<device>.json
+and .png.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+from typing import Any
 
-from fpcore.bench import comma_list
+from fpcore.bench.toolkit import comma_list
 
+STEM = "surrogate_speed"
 HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
 
 MODELS = {
@@ -40,7 +42,6 @@ _BACKEND = {"loop": "ref", "numba": "numba", "torch": "torch", "cupy": "cupy"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--full", action="store_true", help="paper scale: H = 256, B*T = 65536, T up to 65536")
     p.add_argument(
         "--models",
@@ -62,37 +63,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
-    p.add_argument(
-        "--threads", type=int, help="torch CPU threads while timing (default: torch's; 1 is steadier on a busy machine)"
-    )
-    p.add_argument("--name", help="result file stem (default surrogate_speed_<device>)")
-    p.add_argument("--no-save", action="store_true", help="print the table only")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_table(args) -> dict:
-    """Measure every (model, T, provider) point; return the payload (config, rows, targets)."""
-    import torch
-
-    if getattr(args, "threads", None) is None:
-        return _run_table(args)
-    if args.threads < 1:
-        raise ValueError(f"--threads must be positive, got {args.threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run_table(args)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run_table(args) -> dict:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every (model, T, provider) point; return the payload (config, rows, targets, load_average)."""
     import copy
 
     import torch
     from tqdm.auto import tqdm
 
-    from fpcore import bench, config
+    from fpcore import config
+    from fpcore.bench.toolkit import Deadline, LoadWatch, time_side_by_side
     from fpcore.models import SurrogateStack
     from fpcore.scan import available_backends
 
@@ -108,7 +89,7 @@ def _run_table(args) -> dict:
     if bad:
         raise ValueError(f"every T must divide B*T = {tokens}; these do not: {bad}")
     dtype = getattr(torch, args.dtype)
-    threads = getattr(args, "threads", None)
+    load, deadline, done = LoadWatch(), Deadline(args.max_minutes), 0
     here = set(available_backends(device))
     providers = [p for p in args.providers if _BACKEND[p] in here]
     not_here = [p for p in args.providers if p not in providers]
@@ -116,6 +97,9 @@ def _run_table(args) -> dict:
     points = [(m, T) for m in args.models for T in seq_lens]
     bar = tqdm(points, desc="bench surrogates", disable=args.no_progress, leave=False)
     for name, T in bar:
+        if deadline.passed():
+            break
+        done += 1
         bar.set_postfix_str(f"{name} T={T}")
         kind, kw = MODELS[name]
         B = tokens // T
@@ -132,8 +116,6 @@ def _run_table(args) -> dict:
         del ref_model
 
         def step(backend, model=model, x=x, leaves=leaves, gout=gout):
-            if threads is not None and torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)  # Numba's OpenMP start-up (first scan) resets torch's count
             y, _ = model(x, backend=backend)
             return torch.autograd.grad(y, leaves, gout)
 
@@ -142,17 +124,15 @@ def _run_table(args) -> dict:
         with torch.no_grad():
             for p in providers:
                 errs[p] = (model(x, backend=_BACKEND[p])[0].double() - y_ref).abs().max().item()
-        timed = bench.time_side_by_side(fns, device=device, warmup=args.warmup, repeat=repeat)
+        timed = time_side_by_side(fns, device=device, warmup=args.warmup, repeat=repeat)
         t_loop = timed["loop"]["median"] if "loop" in timed else None
         serial = "numba" if "numba" in timed else None
+        point = {"model": name, "T": T, "B": B, "H": H}
         for p in providers:
             t = timed[p]["median"]
             rows.append(
                 {
-                    "model": name,
-                    "T": T,
-                    "B": B,
-                    "H": H,
+                    **point,
                     "provider": p,
                     "ms": t * 1e3,
                     "min_ms": timed[p]["min"] * 1e3,
@@ -162,23 +142,12 @@ def _run_table(args) -> dict:
                 }
             )
         for p in not_here:
-            rows.append(
-                {
-                    "model": name,
-                    "T": T,
-                    "B": B,
-                    "H": H,
-                    "provider": p,
-                    "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}",
-                }
-            )
+            rows.append({**point, "provider": p, "skipped": f"backend {_BACKEND[p]!r} not available on {device.type}"})
         del x, gout, y_ref, model
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # a shared machine's timings need this
     return {
         "config": {
             "device": str(device),
             "dtype": args.dtype,
-            "load_average_1_5_15_min": load,
             "hidden": H,
             "layers": prof["layers"],
             "tokens_B_times_T": tokens,
@@ -186,18 +155,21 @@ def _run_table(args) -> dict:
             "models": args.models,
             "providers": args.providers,
             "repeat": repeat,
-            "torch_threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(),
             "warmup": args.warmup,
             "timed": "forward + backward (grads of x and all parameters)",
             "error": "max |y - y_float64_loop| of the forward output",
         },
         "rows": rows,
-        "targets": _targets(rows, device),
+        "targets": targets(rows, device),
+        "load_average": load.record(),
+        "stopped_early": deadline.note(done, len(points)),
     }
 
 
-def _targets(rows, device) -> dict:
-    """Issue 6's speed target, read off this run's rows where the point was measured."""
+def targets(rows: list[dict[str, Any]], device) -> dict[str, dict[str, Any]]:
+    """Paper C's speed claim as a target, read off this run's rows where the point was measured: on CUDA, SRU at
+    T = 65,536 at least 9x faster with the parallel scan than with the loop recurrence."""
     import torch
 
     out = {}
@@ -211,13 +183,30 @@ def _targets(rows, device) -> dict:
 COLUMNS = ("model", "T", "B", "H", "provider", "ms", "x_loop", "x_serial", "max_abs_err")
 
 
-def figure(payload: dict, title: str):
-    """Speed-up over the loop recurrence vs T, one line per (model, provider)."""
-    import matplotlib
+def report(payload: dict[str, Any]) -> str:
+    """The timed rows as a table, then one line per provider that did not run and why."""
+    from fpcore.bench.toolkit import format_table
 
-    matplotlib.use("Agg", force=False)
+    lines = [format_table([r for r in payload["rows"] if "ms" in r], COLUMNS)]
+    lines += [
+        f"not run: {why}"
+        for why in sorted({f"{r['provider']}: {r['skipped']}" for r in payload["rows"] if "skipped" in r})
+    ]
+    return "\n".join(lines)
+
+
+def figure(payload: dict[str, Any], title: str | None = None):
+    """Speed-up over the loop recurrence vs T, one line per (model, provider)."""
     import matplotlib.pyplot as plt
 
+    if title is None:
+        from fpcore.bench.toolkit import machine
+
+        c = payload["config"]
+        title = (
+            f"{c['layers']} layers x {c['hidden']}, B*T = {c['tokens_B_times_T']}, {c['dtype']}, fwd+bwd, "
+            f"{machine(payload)}"
+        )
     rows = [r for r in payload["rows"] if "ms" in r and r["provider"] != "loop" and r.get("x_loop")]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -236,42 +225,16 @@ def figure(payload: dict, title: str):
     return fig
 
 
-def run(args) -> int:
-    """Entry point of ``python -m fpcore bench surrogates``."""
-    import torch
-
-    from fpcore import bench
-    from fpcore.results import device_name
-
-    payload = run_table(args)
-    device = torch.device(payload["config"]["device"])
-    print(bench.format_table([r for r in payload["rows"] if "ms" in r], COLUMNS))
-    for why in sorted({f"{r['provider']}: {r['skipped']}" for r in payload["rows"] if "skipped" in r}):
-        print(f"not run: {why}")
-    for key, t in payload["targets"].items():
-        print(f"target {key}: {t['value']:.2f} (target {t['target']}) -> {'met' if t['met'] else 'NOT met'}")
-    if not args.no_save:
-        c = payload["config"]
-        title = (
-            f"{c['layers']} layers x {c['hidden']}, B*T = {c['tokens_B_times_T']}, {c['dtype']}, fwd+bwd, "
-            f"{device_name(device)}, torch {torch.__version__}"
-        )
-        name = args.name or f"surrogate_speed_{bench.device_tag(device)}"
-        for path in bench.save(name, payload, figure(payload, title), device=device):
-            print(f"wrote {path}")
-    return 0
-
-
-def recorded(directory=None) -> list[tuple[str, dict]]:
-    """Every recorded speed table: ``[(path name, payload)]`` from results/surrogate_speed_*.json."""
+def recorded() -> list[tuple[str, dict[str, Any]]]:
+    """Every recorded speed table: ``[(file name, payload)]`` from the records surrogate_speed_*.json."""
     from fpcore.results import find, load_json
 
-    return [(p.name, load_json(p)) for p in find("surrogate_speed_*.json", directory)]
+    return [(p.name, load_json(p)) for p in find(f"{STEM}_*.json")]
 
 
-def summary(payload: dict) -> str:
+def summary(payload: dict[str, Any]) -> str:
     """A recorded table, one line per (model, T): time per provider and the speed-up over the loop."""
-    from fpcore import bench
+    from fpcore.bench.toolkit import format_table
 
     timed = [r for r in payload["rows"] if "ms" in r]
     provs = list(dict.fromkeys(r["provider"] for r in timed))
@@ -285,11 +248,4 @@ def summary(payload: dict) -> str:
                     row[f"x_loop {r['provider']}"] = r["x_loop"]
         out.append(row)
     cols = ["model", "T", "B", *[f"{p} ms" for p in provs], *[f"x_loop {p}" for p in provs if p != "loop"]]
-    return bench.format_table(out, cols)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the suite from Python with command-line arguments: ``main(["--full"])``."""
-    parser = argparse.ArgumentParser(prog="python -m fpcore bench surrogates", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv or []))
+    return format_table(out, cols)
