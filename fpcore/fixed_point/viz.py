@@ -10,18 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-<<<<<<< HEAD
 from torch import Tensor
-=======
-from torch import Tensor, nn
-
-from fpcore import cells
-from fpcore.fixed_point import solve
-from fpcore.fixed_point.block_jacobi import blocks, default_overlap
-
-# the four ways of linearising the step that notebook 05 compares (block Jacobi has a section of its own)
-METHODS = ("jacobi", "quasi_newton", "newton", "damped")
->>>>>>> h-perf
 
 __all__ = [
     "plot_errors",
@@ -201,7 +190,6 @@ def plot_damping_map(iterations: Tensor, norms: Sequence[float], alphas: Sequenc
     return ax
 
 
-<<<<<<< HEAD
 def damping_widget(run: Callable[[float, float], dict], norms: Sequence[float], alphas: Sequence[float], title=""):
     """Sliders over the weight norm and the damping alpha; ``run(norm, alpha)`` returns curves for
     :func:`plot_curves` (e.g. Jacobi, Newton and the damped step at that alpha). The first render is static."""
@@ -221,37 +209,6 @@ def damping_widget(run: Callable[[float, float], dict], norms: Sequence[float], 
             options=list(alphas), value=alphas[0], description="alpha", continuous_update=False
         ),
     )
-=======
-def block_table(cases: dict, x: Tensor, lengths=None, tol: float = 1e-10) -> list[dict]:
-    """Block Jacobi from Jacobi (L = 1) to the loop (L = T): for each named cell in ``cases`` and each block
-    length L, with no overlap and with the default one, the sweeps to ``tol``, the sequential steps they
-    take (sweeps x (L + w): the depth), the work relative to the loop (sweeps x (L + w) / L), the rows per
-    step (B x ceil(T / L)) and the max-abs error against the loop."""
-    B, T, _ = x.shape
-    lengths = lengths or sorted({1, 4, 16, round(math.sqrt(T)), T})  # sqrt(T): depth and width balance
-    rows = []
-    for name, cell in cases.items():
-        with torch.no_grad():
-            ref = cells.sequential(cell, x)
-        for L in lengths:
-            for w in sorted({0, default_overlap(L)}):
-                with torch.no_grad():
-                    r = solve(cell, x, method="block_jacobi", block=L, overlap=w, tol=tol, grad="none")
-                rows.append(
-                    dict(
-                        cell=name,
-                        L=L,
-                        w=w,
-                        sweeps=r.iterations,
-                        steps=r.iterations * (L + w),
-                        work=r.iterations * (L + w) / L,
-                        rows=B * blocks(T, L),
-                        error=float((r.states - ref).abs().max()),
-                        converged=r.converged,
-                    )
-                )
-    return rows
->>>>>>> h-perf
 
 
 def plot_block_table(rows: list[dict], T: int, ax=None):
