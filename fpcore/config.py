@@ -9,6 +9,16 @@ sequence lengths so that every notebook runs in about two minutes on two CPU cor
 The profile is read from the environment each time it is asked for, so a notebook or a test can
 switch it with :func:`set_profile` (which also exports it to child processes).
 
+Threads
+-------
+torch starts one OpenMP thread per core. On a machine that others share (a classroom server, a
+laptop running a training) those threads wait for each other at every operation while the cores are
+taken, and a notebook of small tensors runs many times slower. :func:`set_threads` with ``"auto"``
+takes the cores the others leave free (the cores minus the one-minute load average, at least one).
+Inside a Jupyter kernel ``import fpcore.config`` does that by itself unless ``$FPCORE_THREADS`` or
+``$OMP_NUM_THREADS`` says otherwise; ``FPCORE_THREADS=N`` (or ``all``) asks for N threads (or one
+per core) anywhere fpcore is imported.
+
 >>> from fpcore import config
 >>> config.pick(quick=64, full=1536)   # doctest: +SKIP
 64
@@ -16,8 +26,10 @@ switch it with :func:`set_profile` (which also exports it to child processes).
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
 from typing import TypeVar
 
 import torch
@@ -30,11 +42,15 @@ __all__ = [
     "pick",
     "device",
     "seed_everything",
+    "cpu_count",
+    "threads_for_load",
+    "set_threads",
     "describe",
 ]
 
 PROFILES = ("quick", "full")
 _ENV = "FPCORE_PROFILE"
+_THREADS_ENV = "FPCORE_THREADS"
 
 T = TypeVar("T")
 
@@ -101,6 +117,59 @@ def seed_everything(seed: int = 0, *, deterministic: bool = False) -> torch.Gene
     return torch.Generator().manual_seed(seed)
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask: containers and ``taskset`` narrow it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_for_load(cores: int | None = None, load: float | None = None) -> int:
+    """The threads that leave the busy cores to their owners: ``cores - round(load)``, between 1 and ``cores``.
+
+    ``load`` is the one-minute load average (the processes running or waiting to run), read now if not given.
+    """
+    cores = cpu_count() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # Windows has no load average
+            load = 0.0
+    return max(1, min(cores, cores - math.floor(load + 0.5)))
+
+
+def set_threads(n: int | str | None = None) -> int:
+    """Set torch's CPU threads; return the count. ``n``: a positive int, ``"all"`` (one per core) or
+    ``"auto"`` (:func:`threads_for_load`); by default ``$FPCORE_THREADS``, else ``"auto"``.
+
+    Numba's OpenMP layer resets the count of the OpenMP runtime it shares with torch when it first
+    starts, so ``$NUMBA_NUM_THREADS`` is set to the same count if Numba is not loaded yet.
+    """
+    choice = os.environ.get(_THREADS_ENV, "auto") if n is None else n
+    text = str(choice).strip().lower()
+    if text == "auto":
+        count = threads_for_load()
+    elif text == "all":
+        count = cpu_count()
+    elif text.isdigit() and int(text) > 0:
+        count = int(text)
+    else:
+        raise ValueError(f"threads must be a positive int, 'all' or 'auto', got {choice!r} (from ${_THREADS_ENV}?)")
+    torch.set_num_threads(count)
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(count)
+    return count
+
+
+def _threads_at_import() -> None:
+    """``$FPCORE_THREADS`` anywhere; ``auto`` inside a Jupyter kernel unless the user chose threads already."""
+    if os.environ.get(_THREADS_ENV):
+        set_threads()
+    elif "ipykernel" in sys.modules and not os.environ.get("OMP_NUM_THREADS"):
+        set_threads("auto")
+
+
 def describe() -> str:
     """One line for the first cell of a notebook: version, profile, device, torch, threads."""
     from fpcore import __version__
@@ -108,3 +177,6 @@ def describe() -> str:
     dev = device()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     return f"fpcore {__version__} | profile {profile()} | device {dev} ({name}) | torch {torch.__version__}"
+
+
+_threads_at_import()
