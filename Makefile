@@ -24,6 +24,9 @@ comma := ,
 EXTRAS ?= notebooks$(comma)test$(if $(HAS_CUDA),$(comma)gpu)
 # The JupyterLab tests: auto (skip without Chromium), required (fail without it: CI), off.
 FPCORE_UI ?= auto
+# Kernels' OpenMP threads sleep rather than spin while they wait (fpcore.config.KERNEL_ENV): on a shared
+# machine a notebook then slows by the cores others take, not ten times and more.
+OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
 .PHONY: setup run test bench clean
@@ -38,15 +41,15 @@ ifeq ($(HAS_CUDA),)
 	$(PY) -m pip install --quiet --no-deps --retries 1 --timeout 20 --extra-index-url $(TORCH_INDEX_URL) "$(TORCH_CPU)"
 endif
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --env OMP_WAIT_POLICY $(OMP_WAIT_POLICY) >/dev/null
 	$(PY) -c "import torch, fpcore; print('fpcore', fpcore.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 	touch $@
 
 run: setup
-	$(PY) -m fpcore reproduce --out build
+	OMP_WAIT_POLICY=$(OMP_WAIT_POLICY) $(PY) -m fpcore reproduce --out build
 
 test: setup
-	FPCORE_UI=$(FPCORE_UI) $(PY) -m pytest $(PYTEST_ARGS)
+	FPCORE_UI=$(FPCORE_UI) OMP_WAIT_POLICY=$(OMP_WAIT_POLICY) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m fpcore bench scan

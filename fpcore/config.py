@@ -9,19 +9,21 @@ sequence lengths so that every notebook runs in about two minutes on two CPU cor
 The profile is read from the environment each time it is asked for, so a notebook or a test can
 switch it with :func:`set_profile` (which also exports it to child processes).
 
-Threads
--------
-torch starts one OpenMP thread per core. On a machine that others share (a classroom server, a
-laptop running a training) those threads wait for each other at every operation while the cores are
-taken, and a notebook of small tensors runs many times slower. :func:`set_threads` with ``"auto"``
-takes the cores the others leave free (the cores minus the one-minute load average, at least one).
-Inside a Jupyter kernel ``import fpcore.config`` does that by itself unless ``$FPCORE_THREADS`` or
-``$OMP_NUM_THREADS`` says otherwise; ``FPCORE_THREADS=N`` (or ``all``) asks for N threads (or one
-per core) anywhere fpcore is imported.
-
 >>> from fpcore import config
 >>> config.pick(quick=64, full=1536)   # doctest: +SKIP
 64
+
+Threads
+-------
+torch's OpenMP threads spin while they wait for each other. On a machine that others share (a
+classroom server, a laptop running a training) the waiting threads burn the cores the working ones
+need, and a notebook of small tensors runs ten times slower or worse. With ``OMP_WAIT_POLICY=PASSIVE``
+they sleep instead, and a busy neighbour costs only the cores it takes. The variable must be set
+before torch is imported, so the places that start kernels set it (:data:`KERNEL_ENV`): the Jupyter
+kernel that ``make setup`` installs, ``make test`` (nbval and the JupyterLab tests) and ``python -m
+fpcore reproduce``. :func:`set_threads` chooses the thread count (``$FPCORE_THREADS``, read at
+import, does the same): one thread is the fairest choice on a crowded server.
+
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 __all__ = [
     "PROFILES",
+    "KERNEL_ENV",
     "profile",
     "set_profile",
     "is_full",
@@ -51,6 +54,9 @@ __all__ = [
 PROFILES = ("quick", "full")
 _ENV = "FPCORE_PROFILE"
 _THREADS_ENV = "FPCORE_THREADS"
+# What every kernel the project starts gets in its environment (unless the user set it): sleeping, not
+# spinning, OpenMP threads, so that a notebook on a shared machine slows by the cores others take, no more.
+KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 T = TypeVar("T")
 
@@ -141,7 +147,8 @@ def threads_for_load(cores: int | None = None, load: float | None = None) -> int
 
 def set_threads(n: int | str | None = None) -> int:
     """Set torch's CPU threads; return the count. ``n``: a positive int, ``"all"`` (one per core) or
-    ``"auto"`` (:func:`threads_for_load`); by default ``$FPCORE_THREADS``, else ``"auto"``.
+    ``"auto"`` (:func:`threads_for_load`: the cores the others leave free); by default ``$FPCORE_THREADS``,
+    else ``"auto"``.
 
     Numba's OpenMP layer resets the count of the OpenMP runtime it shares with torch when it first
     starts, so ``$NUMBA_NUM_THREADS`` is set to the same count if Numba is not loaded yet.
@@ -163,11 +170,9 @@ def set_threads(n: int | str | None = None) -> int:
 
 
 def _threads_at_import() -> None:
-    """``$FPCORE_THREADS`` anywhere; ``auto`` inside a Jupyter kernel unless the user chose threads already."""
+    """``$FPCORE_THREADS``, when set, chooses the thread count as soon as fpcore.config is imported."""
     if os.environ.get(_THREADS_ENV):
         set_threads()
-    elif "ipykernel" in sys.modules and not os.environ.get("OMP_NUM_THREADS"):
-        set_threads("auto")
 
 
 def describe() -> str:

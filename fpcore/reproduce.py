@@ -34,7 +34,8 @@ NEEDS = "the notebooks extra (pip install -e '.[notebooks]'; `make setup` instal
 
 
 def _kernel_manager():
-    """A kernel manager whose "python3" kernel is this interpreter, whatever kernelspecs are installed.
+    """A kernel manager whose "python3" kernel is this interpreter, whatever kernelspecs are installed,
+    with :data:`fpcore.config.KERNEL_ENV` in its environment (OpenMP threads that sleep while they wait).
 
     On POSIX the kernel talks over local (IPC) sockets, not TCP: nothing listens on the network and
     ipykernel has no reason to warn about unencrypted TCP.
@@ -42,12 +43,15 @@ def _kernel_manager():
     from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
     from jupyter_client.manager import KernelManager
 
+    from fpcore import config
+
     class ThisPython(KernelSpecManager):
         def get_kernel_spec(self, kernel_name):
             return KernelSpec(
                 argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                 display_name=f"Python {sys.version_info.major}.{sys.version_info.minor} (fpcore)",
                 language="python",
+                env={k: os.environ.get(k, v) for k, v in config.KERNEL_ENV.items()},
             )
 
     if os.name != "posix":

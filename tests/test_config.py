@@ -105,10 +105,9 @@ def _threads_after_import(env: dict[str, str], in_kernel: bool, load: float = 0.
 
 
 @pytest.mark.skipif(config.cpu_count() < 2, reason="needs two cores to tell one thread from the default")
-def test_threads_are_chosen_at_import_only_in_a_kernel_or_when_asked():
+def test_threads_are_chosen_at_import_only_when_asked():
     assert _threads_after_import({"FPCORE_THREADS": "1"}, in_kernel=False) == 1
     assert _threads_after_import({}, in_kernel=False) == config.cpu_count()  # a library import changes nothing
-    assert _threads_after_import({"OMP_NUM_THREADS": "2"}, in_kernel=True) == 2  # the user's choice stands
-    assert _threads_after_import({}, in_kernel=True, load=0.0) == config.cpu_count()  # a quiet machine: every core
-    assert _threads_after_import({}, in_kernel=True, load=9.0) == 1  # a busy one: one thread
-    assert _threads_after_import({"FPCORE_THREADS": "all"}, in_kernel=True) == config.cpu_count()
+    assert _threads_after_import({}, in_kernel=True) == config.cpu_count()  # nor does a kernel's
+    assert _threads_after_import({"FPCORE_THREADS": "auto"}, in_kernel=True, load=0.0) == config.cpu_count()
+    assert _threads_after_import({"FPCORE_THREADS": "auto"}, in_kernel=True, load=9.0) == 1

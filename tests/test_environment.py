@@ -90,7 +90,16 @@ def _dry_run_setup(tmp_path: Path, nvidia_smi_status: int) -> list[str]:
     fake = bin_dir / "nvidia-smi"
     fake.write_text(f"#!/bin/sh\necho 'GPU 0: a stand-in'\nexit {nvidia_smi_status}\n")
     fake.chmod(0o755)
-    overrides = ("HAS_CUDA", "EXTRAS", "TORCH_CPU", "TORCH_INDEX_URL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    overrides = (
+        "HAS_CUDA",
+        "EXTRAS",
+        "TORCH_CPU",
+        "TORCH_INDEX_URL",
+        "OMP_WAIT_POLICY",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "MAKELEVEL",
+    )
     env = {k: v for k, v in os.environ.items() if k not in overrides}  # as if typed at a fresh shell
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     out = subprocess.run(
@@ -113,6 +122,8 @@ def test_setup_without_cuda_asks_pip_for_the_cpu_build_from_pytorchs_cpu_index_f
     package_line = next(i for i, ln in enumerate(lines) if '-e ".[notebooks,test]"' in ln)
     assert torch_line < package_line, "torch must be in place before the package's dependencies are resolved"
     assert CPU_INDEX not in lines[package_line]
+    kernel = next(ln for ln in lines if "ipykernel install" in ln)
+    assert "--env OMP_WAIT_POLICY PASSIVE" in kernel  # fpcore.config.KERNEL_ENV, for the kernels students start
 
 
 def test_setup_with_cuda_leaves_torch_to_pip_and_adds_the_gpu_extra(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -68,21 +69,23 @@ def test_html_shows_what_a_widget_last_drew_and_the_values_of_its_controls(execu
     assert reproduce.WIDGET_STATE in executed_nb.metadata["widgets"], "the executed notebook keeps the widget state"
 
 
-def test_kernel_talks_over_local_sockets_so_it_prints_no_tcp_warning(tmp_path):
+def test_kernel_talks_over_local_sockets_and_gets_the_kernel_environment(tmp_path):
     km = reproduce._kernel_manager()
     assert km.transport == "ipc" and Path(km.ip).is_absolute()
     (tmp_path / "notebooks").mkdir()
-    write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", nbformat.v4.new_code_cell("print('ran')"))
+    cell = "import os\nprint('ran with OpenMP waits', os.environ['OMP_WAIT_POLICY'])"
+    write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", nbformat.v4.new_code_cell(cell))
     code = (
         "import sys; from pathlib import Path; from fpcore import reproduce; "
         f"reproduce.NOTEBOOKS = Path({str(tmp_path / 'notebooks')!r}); "
         f"sys.exit(reproduce.reproduce(Path({str(tmp_path / 'build')!r}), timeout=300))"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "without encryption" not in r.stderr + r.stdout
     ran = nbformat.read(tmp_path / "build" / "notebooks" / "00_ok.ipynb", as_version=4)
-    assert ran.cells[0].outputs[0]["text"] == "ran\n"
+    assert ran.cells[0].outputs[0]["text"] == "ran with OpenMP waits PASSIVE\n"  # config.KERNEL_ENV
 
 
 @pytest.mark.parametrize("value", ["-5", "0", "ten"])

@@ -29,6 +29,8 @@ from typing import Any
 
 import nbformat
 
+from fpcore import config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # User settings that keep the screen free of toasts and render every cell (JupyterLab 4 can window a
@@ -78,6 +80,8 @@ class LabServer:
         self.root = workdir / notebooks.name
         self.token = secrets.token_hex(16)
         self.env = dict(os.environ if env is None else env)
+        for key, value in config.KERNEL_ENV.items():  # what the kernelspec of `make setup` gives a student
+            self.env.setdefault(key, value)
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.children: set[int] = set()  # kernels the server started, by process id
