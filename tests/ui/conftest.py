@@ -72,8 +72,10 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def lab(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     """JupyterLab on 127.0.0.1 serving a copy of notebooks/ (quick profile), stopped and cleaned up after."""
+    root = Path(__file__).resolve().parents[2]
+    (root / "build" / "ui" / "summary.txt").unlink(missing_ok=True)  # this run's lines only
     env = {**os.environ, "FPCORE_PROFILE": os.environ.get("FPCORE_PROFILE", "quick")}
-    server = LabServer(tmp_path_factory.mktemp("jupyterlab"), Path(__file__).resolve().parents[2] / "notebooks", env)
+    server = LabServer(tmp_path_factory.mktemp("jupyterlab"), root / "notebooks", env)
     try:
         yield server.start()
     finally:

@@ -308,9 +308,14 @@ class NotebookPage:
         item = self.page.locator(".jp-DirListing-item", has=self.page.locator(".jp-DirListing-itemText", has_text=name))
         item.dblclick(timeout=timeout * 1000)
         self.page.wait_for_selector(f"{_PANEL} .jp-Cell", timeout=timeout * 1000)
-        _wait(
-            lambda: re.search(r"\bIdle\b", self.page.evaluate(_JS_STATUS)), timeout, "the kernel to start (status bar)"
-        )
+        _wait(self._kernel_idle, timeout, "the kernel to start (status bar)")
+
+    def _kernel_idle(self) -> bool:
+        """True once the status bar says Idle; accepts the kernel JupyterLab proposes if it asks for one."""
+        dialog = self.page.locator(".jp-Dialog", has_text="Select Kernel")
+        if dialog.count():
+            dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+        return bool(re.search(r"\bIdle\b", self.page.evaluate(_JS_STATUS)))
 
     def close(self) -> None:
         """Close the notebook's tab (discarding what was not saved) and shut its kernel down."""

@@ -105,9 +105,14 @@ def test_notebook_runs_and_its_widgets_respond_in_jupyterlab(path: Path, lab: La
         raise
     finally:
         lab_page.set_viewport_size(VIEWPORT)
-    print(
-        f"\n{path.name}: ran in {ran:.0f} s; {len(moves)} widget move(s); {time.monotonic() - start:.0f} s in all; "
+    lines = [
+        f"{path.name}: ran in {ran:.0f} s; {len(moves)} widget move(s); {time.monotonic() - start:.0f} s in all; "
         f"screenshot {shot.relative_to(ROOT)}; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
-    )
-    for m in moves:
-        print(f"  {m.control.label!r} ({m.control.kind}) by {m.how}: {m.before} -> {m.after} in {m.seconds:.1f} s")
+    ]
+    lines += [
+        f"  {m.control.label!r} ({m.control.kind}) by {m.how}: {m.before} -> {m.after} in {m.seconds:.1f} s"
+        for m in moves
+    ]
+    print("\n" + "\n".join(lines))
+    with open(SHOTS / "summary.txt", "a", encoding="utf-8") as summary:  # .ci/run prints it
+        summary.write("\n".join(lines) + "\n")
