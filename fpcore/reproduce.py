@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -59,7 +60,10 @@ def _kernel_manager():
     from jupyter_core.paths import jupyter_runtime_dir
 
     # The socket paths must be absolute: the kernel starts in the notebook's folder, this process does not.
+    # A socket's path is limited to about 100 bytes: a deep runtime folder falls back to the temporary one.
     runtime = Path(jupyter_runtime_dir())
+    if len(str(runtime)) > 60:
+        runtime = Path(tempfile.gettempdir())
     runtime.mkdir(parents=True, exist_ok=True)
     ip = str(runtime / f"fpcore-{os.getpid()}-{uuid.uuid4().hex[:8]}-ipc")
     return KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython(), transport="ipc", ip=ip)

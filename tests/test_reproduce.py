@@ -94,3 +94,10 @@ def test_timeout_must_be_a_positive_whole_number(value):
 
     with pytest.raises(argparse.ArgumentTypeError, match="seconds"):
         reproduce._seconds(value)
+
+
+def test_kernel_sockets_fit_the_path_limit_under_a_deep_runtime_folder(tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 60) / "runtime"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(deep))
+    km = reproduce._kernel_manager()
+    assert len(f"{km.ip}-12345") < 100 and not km.ip.startswith(str(deep))

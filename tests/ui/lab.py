@@ -117,7 +117,6 @@ class LabServer:
             f"--LabApp.user_settings_dir={dirs['settings']}",
             f"--LabApp.workspaces_dir={dirs['workspaces']}",
             "--LabApp.news_url=",
-            "--KernelManager.transport=ipc",  # local sockets: no plain-text TCP between server and kernel
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")
@@ -315,6 +314,9 @@ class NotebookPage:
         dialog = self.page.locator(".jp-Dialog", has_text="Select Kernel")
         if dialog.count():
             dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+        failed = self.page.locator(".jp-Dialog", has_text="Error Starting Kernel")
+        if failed.count():
+            raise UIFailure(f"{self.name}: JupyterLab could not start the kernel: {failed.first.inner_text()[:500]}")
         return bool(re.search(r"\bIdle\b", self.page.evaluate(_JS_STATUS)))
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from .lab import Control, Display, LabServer, NotebookPage, UIFailure
+from .test_jupyterlab import SHOTS
 
 CELLS = [
     """\
@@ -66,8 +67,12 @@ def checks(lab: LabServer, lab_page: Any) -> Iterator[NotebookPage]:
     nbformat.write(nb, lab.root / "zz_ui_checks.ipynb")
     lab_page.goto(lab.lab_url(), wait_until="domcontentloaded")  # the file browser lists the new file
     notebook = NotebookPage(lab_page, lab, "zz_ui_checks.ipynb")
-    notebook.open()
-    notebook.run_all()
+    try:
+        notebook.open()
+        notebook.run_all()
+    except BaseException:
+        notebook.screenshot(SHOTS / "zz_ui_checks.png")
+        raise
     yield notebook
     notebook.close()
 
