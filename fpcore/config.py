@@ -12,29 +12,51 @@ switch it with :func:`set_profile` (which also exports it to child processes).
 >>> from fpcore import config
 >>> config.pick(quick=64, full=1536)   # doctest: +SKIP
 64
+
+Threads
+-------
+torch's OpenMP threads spin while they wait for each other. On a machine that others share (a
+classroom server, a laptop running a training) the waiting threads burn the cores the working ones
+need: a loop of small tensor steps ran 13-145x slower on a loaded 2-core machine. With ``OMP_WAIT_POLICY=PASSIVE``
+they sleep instead, and a busy neighbour costs only the cores it takes. The variable must be set
+before torch is imported, so the places that start kernels set it (:data:`KERNEL_ENV`): the Jupyter
+kernel that ``make setup`` installs, ``make test`` (nbval and the JupyterLab tests) and ``python -m
+fpcore reproduce``. :func:`set_threads` chooses the thread count (``$FPCORE_THREADS``, read at
+import, does the same): one thread is the fairest choice on a crowded server.
+
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
 from typing import TypeVar
 
 import torch
 
 __all__ = [
     "PROFILES",
+    "KERNEL_ENV",
     "profile",
     "set_profile",
     "is_full",
     "pick",
     "device",
     "seed_everything",
+    "cpu_count",
+    "threads_for_load",
+    "set_threads",
     "describe",
 ]
 
 PROFILES = ("quick", "full")
 _ENV = "FPCORE_PROFILE"
+_THREADS_ENV = "FPCORE_THREADS"
+# What every kernel the project starts gets in its environment (unless the user set it): sleeping, not
+# spinning, OpenMP threads, so that a notebook on a shared machine slows by the cores others take, no more.
+KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 T = TypeVar("T")
 
@@ -101,6 +123,58 @@ def seed_everything(seed: int = 0, *, deterministic: bool = False) -> torch.Gene
     return torch.Generator().manual_seed(seed)
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask: containers and ``taskset`` narrow it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_for_load(cores: int | None = None, load: float | None = None) -> int:
+    """The threads that leave the busy cores to their owners: ``cores - round(load)``, between 1 and ``cores``.
+
+    ``load`` is the one-minute load average (the processes running or waiting to run), read now if not given.
+    """
+    cores = cpu_count() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # Windows has no load average
+            load = 0.0
+    return max(1, min(cores, cores - math.floor(load + 0.5)))
+
+
+def set_threads(n: int | str | None = None) -> int:
+    """Set torch's CPU threads; return the count. ``n``: a positive int, ``"all"`` (one per core) or
+    ``"auto"`` (:func:`threads_for_load`: the cores the others leave free); by default ``$FPCORE_THREADS``,
+    else ``"auto"``.
+
+    Numba's OpenMP layer resets the count of the OpenMP runtime it shares with torch when it first
+    starts, so ``$NUMBA_NUM_THREADS`` is set to the same count if Numba is not loaded yet.
+    """
+    choice = os.environ.get(_THREADS_ENV, "auto") if n is None else n
+    text = str(choice).strip().lower()
+    if text == "auto":
+        count = threads_for_load()
+    elif text == "all":
+        count = cpu_count()
+    elif text.isdigit() and int(text) > 0:
+        count = int(text)
+    else:
+        raise ValueError(f"threads must be a positive int, 'all' or 'auto', got {choice!r} (from ${_THREADS_ENV}?)")
+    torch.set_num_threads(count)
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(count)
+    return count
+
+
+def _threads_at_import() -> None:
+    """``$FPCORE_THREADS``, when set, chooses the thread count as soon as fpcore.config is imported."""
+    if os.environ.get(_THREADS_ENV):
+        set_threads()
+
+
 def describe() -> str:
     """One line for the first cell of a notebook: version, profile, device, torch, threads."""
     from fpcore import __version__
@@ -108,3 +182,6 @@ def describe() -> str:
     dev = device()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     return f"fpcore {__version__} | profile {profile()} | device {dev} ({name}) | torch {torch.__version__}"
+
+
+_threads_at_import()
