@@ -117,6 +117,24 @@ def test_jacobi_residuals_are_the_max_abs_change_per_iteration():
         assert res.residuals[k] == pytest.approx(float((b - a).detach().abs().max()), rel=1e-12, abs=0)
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("layers", [1, 2])
+def test_callback_sees_every_iterate_of_every_layer(method, layers):
+    """callback(k, S) runs after every iteration of every layer, k counting as .residuals does."""
+    m = make("gru", layers=layers, dtype=F64)
+    cell = cells.from_torch(m)
+    x = torch.randn(2, 12, 3, dtype=F64)
+    seen = []
+    res = solve(cell, x, method=method, callback=lambda k, S: seen.append((k, S.detach().clone())))
+    layer_results = res.layers or [res]
+    assert [k for k, _ in seen] == list(range(1, res.iterations + 1))
+    assert res.iterations == sum(r.iterations for r in layer_results) >= layers
+    # the last iterate each layer saw is what that layer returned
+    ends = [sum(r.iterations for r in layer_results[: i + 1]) for i in range(layers)]
+    for r, end in zip(layer_results, ends):
+        torch.testing.assert_close(seen[end - 1][1], r.states, rtol=0, atol=0)
+
+
 def test_newton_converges_in_few_iterations_on_a_stable_cell():
     cell = cells.from_torch(make("gru", dtype=F64))
     x = torch.randn(2, 200, 3, dtype=F64)

@@ -1,4 +1,4 @@
-"""The fixed-point engine: one loop, four ways to linearise the step (see DESIGN.md).
+"""The fixed-point engine: one loop, five ways to step (see DESIGN.md).
 
 The trajectory S = (s_1..s_T) of a recurrent layer is the fixed point of F(S)_t = f(s_{t-1}, x_t) with
 s_0 = h_0 given. Every method iterates S^(k) -> S^(k+1) from a start (zeros unless ``init``), computing
@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from . import block_jacobi, damped, jacobi, newton, quasi_newton
 from .implicit import ImplicitAdjoint, adjoint_jacobi, adjoint_scan
 from .result import DivergenceWarning, FixedPointResult
 
-__all__ = ["solve", "METHODS", "default_tol"]
+__all__ = ["solve", "SolveOptions", "METHODS", "default_tol"]
 
 METHODS: dict[str, Callable] = {
     "jacobi": jacobi.step,
@@ -57,16 +57,68 @@ def default_tol(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-10, torch.float32: 1e-6}.get(dtype, 1e-3)
 
 
+@dataclass(frozen=True)
+class SolveOptions:
+    """How :func:`solve` iterates: every keyword of ``solve`` except the data (``h0``, ``init``).
+
+    ``solve`` builds this once from its keywords (checking them here) and hands the same object to every
+    layer of a :class:`~fpcore.cells.CellStack` and, as ``ctx.opts``, to every method's step. The fields
+    and their meaning are those of :func:`solve`.
+    """
+
+    method: str = "jacobi"
+    iters: int | None = None
+    tol: float | None = None
+    grad: str = "unrolled"
+    adjoint: str = "scan"
+    backend: str = "auto"
+    time_limit: float | None = None
+    callback: Callable[[int, Tensor], object] | None = None
+    block: int | None = None
+    overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        it = self.iters
+        if it is not None and (isinstance(it, bool) or not isinstance(it, int) or it < 1):
+            raise ValueError(f"iters must be an int >= 1 (or None), got {it!r}")
+        tol = self.tol
+        if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be a finite number >= 0 (or None), got {tol!r}")
+        if self.grad not in GRADS:
+            raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {self.grad!r}")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"adjoint must be one of {', '.join(ADJOINTS)}, got {self.adjoint!r}")
+        limit = self.time_limit
+        if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds (or None), got {limit!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise ValueError(f"callback must be callable as callback(k, S) (or None), got {self.callback!r}")
+        for name, value, least in (("block", self.block, 1), ("overlap", self.overlap, 0)):
+            if value is None:
+                continue
+            if self.method != "block_jacobi":
+                raise ValueError(f"{name}= is a setting of method='block_jacobi'; {self.method!r} takes none")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least} (or None for the default), got {value!r}")
+
+
 @dataclass
 class _Context:
-    """What a method's step may use: the cell, the prepared inputs u, the initial state and scratch."""
+    """What a method's step may use: the cell, the prepared inputs u, the initial state, the options,
+    and scratch."""
 
     cell: Cell
     u: Tensor  # (B, T, G)
     s0: Tensor  # (B, S)
-    backend: str
+    opts: SolveOptions
     state: dict = field(default_factory=dict)  # what a method keeps between iterations (returned as .info)
     scratch: dict = field(default_factory=dict)  # per-solve caches (not returned)
+
+    @property
+    def backend(self) -> str:
+        return self.opts.backend
 
     def prev(self, S: Tensor) -> Tensor:
         """(s_0, s_1, ..., s_{T-1}): the states each position's step reads, [B, T, S]."""
@@ -77,7 +129,7 @@ class _Context:
         return self.cell.step(self.prev(S), self.u)
 
 
-def _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block=None, overlap=None):
+def _check_inputs(cell, x) -> None:
     if not isinstance(cell, (Cell, CellStack)):
         raise ValueError(
             f"cell must be an fpcore.cells.Cell or CellStack (see cells.from_torch), got {type(cell).__name__}"
@@ -99,25 +151,6 @@ def _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block=None, o
             f"x is {x.dtype} on {x.device} but the cell's weights are {w.dtype} on {w.device}; "
             f"convert one of them (e.g. module.to(x.dtype))"
         )
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
-        raise ValueError(f"iters must be an int >= 1 (or None), got {iters!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0 (or None), got {tol!r}")
-    if grad not in GRADS:
-        raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
-    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-        raise ValueError(f"time_limit must be a positive number of seconds (or None), got {time_limit!r}")
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"adjoint must be one of {', '.join(ADJOINTS)}, got {adjoint!r}")
-    for name, value, least in (("block", block, 1), ("overlap", overlap, 0)):
-        if value is None:
-            continue
-        if method != "block_jacobi":
-            raise ValueError(f"{name}= is a setting of method='block_jacobi'; {method!r} takes none")
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an int >= {least} (or None for the default), got {value!r}")
 
 
 def solve(
@@ -133,7 +166,7 @@ def solve(
     adjoint: str = "scan",
     backend: str = "auto",
     time_limit: float | None = None,
-    callback=None,
+    callback: Callable[[int, Tensor], object] | None = None,
     block: int | None = None,
     overlap: int | None = None,
 ) -> FixedPointResult:
@@ -158,10 +191,14 @@ def solve(
     time_limit  stop after this many seconds (per layer; checked once per iteration): the benchmark's
             budget for methods that need many iterations. Judged like an early ``iters`` stop.
     callback    called as ``callback(k, S)`` after iteration k with the new iterate (e.g. to record the
-            error of every iterate against a reference, as notebook 05 does); its result is ignored.
+            error of every iterate against a reference, as notebook 05 does); its result is ignored. For a
+            stack, k counts as ``.residuals`` does, across the layers (layer 0's iterations first), and S
+            is the iterate of the layer being solved.
     block, overlap   block Jacobi's block length L (None: ceil(sqrt(T))) and warm-up w (None: min(L // 4,
             64); capped at L), recorded in ``.info``. L = 1, w = 0 is Jacobi and L = T the step loop. Only
             for ``method="block_jacobi"``, which also stops when max |F(S) - S| <= tol (see its module).
+
+    The keywords other than ``init`` travel together as one :class:`SolveOptions`, checked once.
 
     Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that grows
     to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate
@@ -172,61 +209,76 @@ def solve(
     Returns a :class:`FixedPointResult` (``.outputs`` [B, T, H], ``.states`` [B, T, S], ``.iterations``,
     ``.residuals``, ``.converged``). Raises ValueError on bad input.
     """
-    _check(cell, x, method, iters, tol, grad, adjoint, time_limit, block, overlap)
-    if isinstance(cell, CellStack):
-        if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(cell)):
-            raise ValueError(f"init for a {len(cell)}-layer stack must be a list of {len(cell)} tensors or None")
-        layers, inp = [], x
-        for i, c in enumerate(cell):
-            r = _solve_cell(
-                c,
-                inp,
-                cell.layer_h0(h0, i),
-                method,
-                iters,
-                tol,
-                None if init is None else init[i],
-                grad,
-                adjoint,
-                backend,
-                time_limit,
-                block=block,
-                overlap=overlap,
+    opts = SolveOptions(
+        method=method,
+        iters=iters,
+        tol=tol,
+        grad=grad,
+        adjoint=adjoint,
+        backend=backend,
+        time_limit=time_limit,
+        callback=callback,
+        block=block,
+        overlap=overlap,
+    )
+    _check_inputs(cell, x)
+    res = _solve_stack(cell, x, h0, init, opts) if isinstance(cell, CellStack) else _solve_cell(cell, x, h0, init, opts)
+    for r in res.layers or [res]:  # warned here, so that the warning points at the caller
+        if r.diverged:
+            warnings.warn(r.message, DivergenceWarning, stacklevel=2)
+        if opts.grad == "implicit" and torch.is_grad_enabled() and not r.converged:
+            warnings.warn(
+                f"grad='implicit' differentiates the fixed point, but {method} did not converge "
+                f"(last residual {r.residuals[-1]:.2e}): the gradient is approximate",
+                stacklevel=2,
             )
-            layers.append(r)
-            inp = r.outputs
-        last = layers[-1]
-        finals = [r.final for r in layers]
-        if isinstance(finals[0], tuple):
-            final = tuple(torch.cat([f[j] for f in finals]) for j in range(2))
-        else:
-            final = torch.cat(finals)
-        return FixedPointResult(
-            outputs=last.outputs,
-            states=last.states,
-            iterations=sum(r.iterations for r in layers),
-            residuals=[v for r in layers for v in r.residuals],
-            converged=all(r.converged for r in layers),
-            method=method,
-            tol=last.tol,
-            diverged=any(r.diverged for r in layers),
-            fp_residual=max(r.fp_residual for r in layers),
-            message="; ".join(r.message for r in layers if r.message),
-            final=final,
-            layers=layers,
-            info=dict(last.info),
-        )
-    return _solve_cell(
-        cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback, block, overlap
+    return res
+
+
+def _solve_stack(stack: CellStack, x: Tensor, h0, init, opts: SolveOptions) -> FixedPointResult:
+    """Layer by layer: the outputs of layer l are the inputs of layer l + 1 (as torch.nn in eval mode)."""
+    if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(stack)):
+        raise ValueError(f"init for a {len(stack)}-layer stack must be a list of {len(stack)} tensors or None")
+    layers: list[FixedPointResult] = []
+    inp, done = x, 0
+    for i, cell in enumerate(stack):
+        layer_opts = opts if opts.callback is None else replace(opts, callback=_counting_on(opts.callback, done))
+        r = _solve_cell(cell, inp, stack.layer_h0(h0, i), None if init is None else init[i], layer_opts)
+        layers.append(r)
+        inp, done = r.outputs, done + r.iterations
+    last = layers[-1]
+    finals = [r.final for r in layers]
+    if isinstance(finals[0], tuple):
+        final = tuple(torch.cat([f[j] for f in finals]) for j in range(2))
+    else:
+        final = torch.cat(finals)
+    return FixedPointResult(
+        outputs=last.outputs,
+        states=last.states,
+        iterations=done,
+        residuals=[v for r in layers for v in r.residuals],
+        converged=all(r.converged for r in layers),
+        method=opts.method,
+        tol=last.tol,
+        diverged=any(r.diverged for r in layers),
+        fp_residual=max(r.fp_residual for r in layers),
+        message="; ".join(r.message for r in layers if r.message),
+        final=final,
+        layers=layers,
+        info=dict(last.info),
     )
 
 
-def _solve_cell(
-    cell, x, h0, method, iters, tol, init, grad, adjoint, backend, time_limit, callback=None, block=None, overlap=None
-) -> FixedPointResult:
+def _counting_on(callback: Callable[[int, Tensor], object], done: int) -> Callable[[int, Tensor], object]:
+    """``callback`` with the iterations of the layers already solved added to k."""
+    return lambda k, S: callback(done + k, S)
+
+
+def _solve_cell(cell: Cell, x: Tensor, h0, init, opts: SolveOptions) -> FixedPointResult:
     B, T, _ = x.shape
-    want_grad = torch.is_grad_enabled() and grad == "unrolled"
-    with torch.set_grad_enabled(want_grad or (grad == "implicit" and torch.is_grad_enabled())):
+    method = opts.method
+    want_grad = torch.is_grad_enabled() and opts.grad == "unrolled"
+    with torch.set_grad_enabled(want_grad or (opts.grad == "implicit" and torch.is_grad_enabled())):
         u = cell.prepare(x)  # (B, T, G): the input-only part, computed once
         s0 = cell.initial_state(h0, B, dtype=u.dtype, device=u.device)  # (B, S)
     Sdim = cell.state_size
@@ -236,30 +288,24 @@ def _solve_cell(
                 f"init must be packed states [B, T, S] = [{B}, {T}, {Sdim}], got "
                 f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}"
             )
-    check_tol = tol if tol is not None else default_tol(u.dtype)
-    stop_tol = tol if tol is not None else (0.0 if iters is not None else check_tol)
+    check_tol = opts.tol if opts.tol is not None else default_tol(u.dtype)
+    stop_tol = opts.tol if opts.tol is not None else (0.0 if opts.iters is not None else check_tol)
     exact_after = T  # iterations after which the method is exact from any start
-    ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), backend)
+    ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), opts)
     if method == "block_jacobi":
-        ctx.state["block"] = L = min(block or block_jacobi.default_block(T), T)
-        ctx.state["overlap"] = min(L, block_jacobi.default_overlap(L) if overlap is None else overlap)
+        ctx.state["block"] = L = min(opts.block or block_jacobi.default_block(T), T)
+        ctx.state["overlap"] = min(L, block_jacobi.default_overlap(L) if opts.overlap is None else opts.overlap)
         exact_after = block_jacobi.blocks(T, L)
-    max_iters = exact_after if iters is None else min(iters, exact_after)
+    max_iters = exact_after if opts.iters is None else min(opts.iters, exact_after)
 
     with torch.set_grad_enabled(want_grad):
         S, residuals, converged, diverged, fp_res, message = _iterate(
-            ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit, callback
+            ctx, init, max_iters, stop_tol, check_tol, exact_after
         )
     ctx.scratch.clear()
 
-    if grad == "implicit" and torch.is_grad_enabled():
-        if not converged:
-            warnings.warn(
-                f"grad='implicit' differentiates the fixed point, but {method} did not converge "
-                f"(last residual {residuals[-1]:.2e}): the gradient is approximate",
-                stacklevel=3,
-            )
-        S = _attach_implicit(cell, u, s0, S.detach(), adjoint, check_tol, T)
+    if opts.grad == "implicit" and torch.is_grad_enabled():
+        S = _attach_implicit(cell, u, s0, S.detach(), opts.adjoint, check_tol, T)
     return FixedPointResult(
         outputs=cell.output(S),
         states=S,
@@ -276,7 +322,8 @@ def _solve_cell(
     )
 
 
-def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, exact_after, time_limit=None, callback=None):
+def _iterate(ctx: _Context, init, max_iters: int, stop_tol: float, check_tol: float, exact_after: int):
+    method, time_limit, callback = ctx.opts.method, ctx.opts.time_limit, ctx.opts.callback
     step = METHODS[method]
     cheap_residual = CHEAP_RESIDUAL.get(method)
     deadline = None if time_limit is None else time.perf_counter() + time_limit
@@ -335,7 +382,6 @@ def _iterate(ctx, method, init, max_iters, stop_tol, check_tol, exact_after, tim
         message += f"; returning the best iterate (iteration {k_best}, max |F(S) - S| = {fp:.2e})"
         if method != "damped":
             message += "; try method='damped' (or 'jacobi', exact after T iterations)"
-        warnings.warn(message, DivergenceWarning, stacklevel=4)
     return S, residuals, converged and not diverged, diverged, fp, message
 
 
