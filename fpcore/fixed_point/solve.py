@@ -1,8 +1,8 @@
 """The fixed-point engine: one loop, five ways to step (see DESIGN.md).
 
 The trajectory S = (s_1..s_T) of a recurrent layer is the fixed point of F(S)_t = f(s_{t-1}, x_t) with
-s_0 = h_0 given. Every method iterates S^(k) -> S^(k+1) from a start (zeros unless ``init``), computing
-F(S^(k)) for all t at once; they differ only in the step:
+s_0 = h_0 given. Every method iterates S^(k) -> S^(k+1) from a start, computing F(S^(k)) for all t at
+once; they differ only in the step:
 
     "jacobi"        S <- F(S)                                     (paper A)     fpcore.fixed_point.jacobi
     "quasi_newton"  S <- S + d, d_t = diag(J_t) d_{t-1} + r_t     (quasi-DEER)  ... .quasi_newton
@@ -12,6 +12,20 @@ F(S^(k)) for all t at once; they differ only in the step:
 
 (r = F(S) - S.) All are causal: an iteration makes at least one more position exact (block Jacobi: one
 more block), so each is exact after T iterations (block Jacobi: ceil(T / L)), and none ever runs more.
+
+What this engine adds to the bare steps (the series' own choices, each for a failure seen in practice):
+
+- Starts. Jacobi and block Jacobi start from zeros, from which k Jacobi iterations are paper B's k-window
+  truncated model. The Newton family starts from s_0 repeated over t, as DEER (arXiv 2309.12252) does.
+- Causality in floating point. At the positions already exact, r is rounding error, and a Newton step's
+  products J_t ... J_s would amplify it on a non-contractive cell until even T iterations leave a residual
+  far above tol. The Newton family zeroes r there (exact arithmetic changes nothing: r is 0 there).
+- Safeguard (Newton family, ``safeguard=True``): a step whose fixed-point residual is non-finite or over
+  GROWTH = 1e3 times the smallest seen is replaced by the Jacobi step, which makes one more position
+  exact like any other. So no method can diverge on a bounded cell; ``safeguard=False`` gives the plain
+  methods, which stop at such a step with a :class:`DivergenceWarning`.
+- The residual check. ``converged`` means max |F(S) - S| <= tol * max(1, max |S|) for the states returned
+  (absolute for states in [-1, 1]); the iteration count alone never sets it.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ METHODS: dict[str, Callable] = {
 # methods whose iterate is only wrong at a few positions: their residual is computed there, not by a full F(S)
 CHEAP_RESIDUAL = {"block_jacobi": block_jacobi.residual}
 JACOBI_LIKE = ("jacobi", "block_jacobi")  # cannot diverge on a bounded cell: only non-finite values count
+NEWTON_FAMILY = ("quasi_newton", "newton", "damped")  # they start from s_0 repeated over t, as DEER does
 GRADS = ("unrolled", "implicit", "none")
 ADJOINTS = ("scan", "jacobi")
 GROWTH = 1e3  # residual growth (vs the smallest seen) that counts as divergence, for the Newton family
@@ -76,6 +91,7 @@ class SolveOptions:
     callback: Callable[[int, Tensor], object] | None = None
     block: int | None = None
     overlap: int | None = None
+    safeguard: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +109,8 @@ class SolveOptions:
         limit = self.time_limit
         if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
             raise ValueError(f"time_limit must be a positive number of seconds (or None), got {limit!r}")
+        if not isinstance(self.safeguard, bool):
+            raise ValueError(f"safeguard must be True or False, got {self.safeguard!r}")
         if self.callback is not None and not callable(self.callback):
             raise ValueError(f"callback must be callable as callback(k, S) (or None), got {self.callback!r}")
         for name, value, least in (("block", self.block, 1), ("overlap", self.overlap, 0)):
@@ -113,6 +131,8 @@ class _Context:
     u: Tensor  # (B, T, G)
     s0: Tensor  # (B, S)
     opts: SolveOptions
+    exact_after: int = 0  # iterations after which the method is exact from any start (T; block Jacobi: blocks)
+    exact: int = 0  # positions 1..exact are exact by causality (the iterations done so far; see residual)
     state: dict = field(default_factory=dict)  # what a method keeps between iterations (returned as .info)
     scratch: dict = field(default_factory=dict)  # per-solve caches (not returned)
 
@@ -127,6 +147,29 @@ class _Context:
     def F(self, S: Tensor) -> Tensor:
         """F(S)_t = f(s_{t-1}, x_t) for all t at once, [B, T, S]."""
         return self.cell.step(self.prev(S), self.u)
+
+    def residual(self, S: Tensor, FS: Tensor) -> Tensor:
+        """r = F(S) - S, [B, T, S], set to zero at the positions 1..exact the iterations have made exact.
+
+        In exact arithmetic r is already zero there. In floating point it is rounding error, and a Newton
+        step's products J_t ... J_s carry it to every later position, multiplied by up to lambda^T on a
+        cell with ||J|| = lambda > 1: a chaotic cell then never settles even after T iterations. Zeroing it
+        keeps the causal guarantee (one more exact position per iteration) true in floating point.
+        """
+        r = FS - S
+        if self.exact:
+            r[:, : self.exact] = 0
+        return r
+
+    def jacobi_step(self, S: Tensor, FS: Tensor) -> Tensor:
+        """S <- F(S) at the positions not yet exact, [B, T, S]: the fall-back step of the Newton family.
+
+        Positions 1..exact keep their values, so they stay consistent with the positions after them (a
+        full F(S) would move them by rounding error, which the zeroed residual there would never correct).
+        """
+        if not self.exact:
+            return FS
+        return torch.cat([S[:, : self.exact], FS[:, self.exact :]], dim=1)
 
 
 def _check_inputs(cell, x) -> None:
@@ -169,6 +212,7 @@ def solve(
     callback: Callable[[int, Tensor], object] | None = None,
     block: int | None = None,
     overlap: int | None = None,
+    safeguard: bool = True,
 ) -> FixedPointResult:
     """Solve a recurrent layer for all t at once as the fixed point S = F(S), F(S)_t = f(s_{t-1}, x_t).
 
@@ -179,10 +223,12 @@ def solve(
     iters   at most this many iterations (capped at T; block Jacobi: at ceil(T / block)). ``iters=k``
             with "jacobi" from the zero start is paper A's k-th order approximation = paper B's k-window
             truncated model.
-    tol     stop when max |S^(k+1) - S^(k)| <= tol. With neither ``iters`` nor ``tol``: tol =
-            :func:`default_tol` of the dtype. With only ``iters``: run them all (stopping only at an exact
-            fixed point); ``converged`` is then judged against the default tol.
-    init    starting iterate [B, T, S] (packed states; a stack: a list, one per layer); None = zeros
+    tol     stop when max |S^(k+1) - S^(k)| <= tol and the residual check max |F(S) - S| <= tol * max(1,
+            max |S|) passes (block Jacobi: on the check alone; see its module). With neither ``iters`` nor
+            ``tol``: tol = :func:`default_tol` of the dtype. With only ``iters``: run them all (stopping
+            only at an exact fixed point); ``converged`` is then judged against the default tol.
+    init    starting iterate [B, T, S] (packed states; a stack: a list, one per layer); None = zeros for
+            Jacobi and block Jacobi, s_0 repeated over t for the Newton family (DEER's start)
     grad    "unrolled": autograd through the iterations (the approximate model trained as evaluated);
             "implicit": the fixed point's gradient by the adjoint recursion (``adjoint="scan"`` with full
             Jacobians and the matrix scan, or ``"jacobi"`` by vector-Jacobian products), assuming
@@ -197,14 +243,18 @@ def solve(
     block, overlap   block Jacobi's block length L (None: ceil(sqrt(T))) and warm-up w (None: min(L // 4,
             64); capped at L), recorded in ``.info``. L = 1, w = 0 is Jacobi and L = T the step loop. Only
             for ``method="block_jacobi"``, which also stops when max |F(S) - S| <= tol (see its module).
+    safeguard   Newton family only: replace a step whose residual is non-finite or over GROWTH times the
+            smallest seen by the Jacobi step (recorded in ``.info["rejected"]``). False: the plain method,
+            which stops there with a :class:`DivergenceWarning` (to show what the safeguard prevents).
 
     The keywords other than ``init`` travel together as one :class:`SolveOptions`, checked once.
 
-    Divergence (non-finite iterates, or for the Newton family a fixed-point residual max |F(S) - S| that grows
-    to GROWTH = 1e3 times the smallest seen) stops the solver with a :class:`DivergenceWarning`; the iterate
-    with the smallest fixed-point residual max |F(S) - S| is returned with ``converged=False, diverged=True``.
-    Jacobi cannot diverge on a bounded cell (each iteration makes one more position exact whatever its residual
-    does), so for it and block Jacobi only non-finite values count.
+    ``converged`` is the residual check on the returned states. A :class:`DivergenceWarning` says when a solver
+    did not get there: non-finite iterates (any method; Jacobi's only failure, which the step loop would
+    meet too), a residual grown GROWTH-fold (the Newton family with ``safeguard=False``), or every
+    iteration run without passing the check (when neither ``iters`` nor ``time_limit`` cut it short). On
+    divergence the iterate with the smallest max |F(S) - S| is returned with ``diverged=True``; the message
+    suggests another method, never the one that failed.
 
     Returns a :class:`FixedPointResult` (``.outputs`` [B, T, H], ``.states`` [B, T, S], ``.iterations``,
     ``.residuals``, ``.converged``). Raises ValueError on bad input.
@@ -220,12 +270,13 @@ def solve(
         callback=callback,
         block=block,
         overlap=overlap,
+        safeguard=safeguard,
     )
     _check_inputs(cell, x)
     res = _solve_stack(cell, x, h0, init, opts) if isinstance(cell, CellStack) else _solve_cell(cell, x, h0, init, opts)
     for r in res.layers or [res]:  # warned here, so that the warning points at the caller
-        if r.diverged:
-            warnings.warn(r.message, DivergenceWarning, stacklevel=2)
+        if r.diverged or (not r.converged and opts.iters is None and opts.time_limit is None):
+            warnings.warn(r.message, DivergenceWarning, stacklevel=2)  # (the second: every iteration ran)
         if opts.grad == "implicit" and torch.is_grad_enabled() and not r.converged:
             warnings.warn(
                 f"grad='implicit' differentiates the fixed point, but {method} did not converge "
@@ -290,19 +341,23 @@ def _solve_cell(cell: Cell, x: Tensor, h0, init, opts: SolveOptions) -> FixedPoi
             )
     check_tol = opts.tol if opts.tol is not None else default_tol(u.dtype)
     stop_tol = opts.tol if opts.tol is not None else (0.0 if opts.iters is not None else check_tol)
-    exact_after = T  # iterations after which the method is exact from any start
-    ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), opts)
+    ctx = _Context(cell, u if want_grad else u.detach(), s0 if want_grad else s0.detach(), opts, exact_after=T)
     if method == "block_jacobi":
         ctx.state["block"] = L = min(opts.block or block_jacobi.default_block(T), T)
         ctx.state["overlap"] = min(L, block_jacobi.default_overlap(L) if opts.overlap is None else opts.overlap)
-        exact_after = block_jacobi.blocks(T, L)
-    max_iters = exact_after if opts.iters is None else min(opts.iters, exact_after)
+        ctx.exact_after = block_jacobi.blocks(T, L)
+    max_iters = ctx.exact_after if opts.iters is None else min(opts.iters, ctx.exact_after)
+    if init is not None:
+        start = init.to(u.dtype)
+    elif method in NEWTON_FAMILY:  # DEER's start: s_0 at every position
+        start = ctx.s0[:, None].expand(B, T, Sdim).contiguous()
+    else:  # the zero start, from which k Jacobi iterations are paper B's k-window truncated model
+        start = u.new_zeros(B, T, Sdim)
 
     with torch.set_grad_enabled(want_grad):
-        S, residuals, converged, diverged, fp_res, message = _iterate(
-            ctx, init, max_iters, stop_tol, check_tol, exact_after
-        )
+        out = _iterate(ctx, start, max_iters, stop_tol, check_tol)
     ctx.scratch.clear()
+    S, residuals = out.S, out.residuals
 
     if opts.grad == "implicit" and torch.is_grad_enabled():
         S = _attach_implicit(cell, u, s0, S.detach(), opts.adjoint, check_tol, T)
@@ -311,24 +366,38 @@ def _solve_cell(cell: Cell, x: Tensor, h0, init, opts: SolveOptions) -> FixedPoi
         states=S,
         iterations=len(residuals),
         residuals=residuals,
-        converged=converged,
+        converged=out.converged,
         method=method,
         tol=check_tol,
-        diverged=diverged,
-        fp_residual=fp_res,
-        message=message,
+        diverged=out.diverged,
+        fp_residual=out.fp_residual,
+        message=out.message,
         final=cell.final_state(S[:, -1]),
         info=dict(ctx.state),
     )
 
 
-def _iterate(ctx: _Context, init, max_iters: int, stop_tol: float, check_tol: float, exact_after: int):
-    method, time_limit, callback = ctx.opts.method, ctx.opts.time_limit, ctx.opts.callback
+@dataclass
+class _Outcome:
+    """What :func:`_iterate` found for one cell."""
+
+    S: Tensor
+    residuals: list[float]
+    converged: bool
+    diverged: bool
+    fp_residual: float
+    message: str
+
+
+def _iterate(ctx: _Context, S: Tensor, max_iters: int, stop_tol: float, check_tol: float) -> _Outcome:
+    """Iterate from S until the residual check passes (at ``stop_tol``), divergence, ``max_iters`` or the
+    time limit; ``converged`` is the residual check at ``check_tol`` on the iterate returned."""
+    opts = ctx.opts
+    method = opts.method
     step = METHODS[method]
     cheap_residual = CHEAP_RESIDUAL.get(method)
-    deadline = None if time_limit is None else time.perf_counter() + time_limit
-    B, T_, _ = ctx.u.shape
-    S = init.to(ctx.u.dtype) if init is not None else ctx.u.new_zeros(B, T_, ctx.cell.state_size)
+    guarded = opts.safeguard and method in NEWTON_FAMILY
+    deadline = None if opts.time_limit is None else time.perf_counter() + opts.time_limit
     if cheap_residual is None:
         FS = ctx.F(S)
         fp = _maxabs(FS - S)
@@ -336,53 +405,73 @@ def _iterate(ctx: _Context, init, max_iters: int, stop_tol: float, check_tol: fl
         FS, fp = None, math.inf
     best = (fp if math.isfinite(fp) else math.inf, S, 0)  # (fixed-point residual, iterate, iteration)
     residuals: list[float] = []
-    converged = diverged = False
     message = ""
     for k in range(1, max_iters + 1):
+        ctx.exact = k - 1  # by causality, iterations 1..k-1 have made positions 1..k-1 exact
         S_new, FS_new = step(ctx, S, FS)
         change = ctx.scratch.pop("change", None)  # a method may measure it more cheaply as it goes
-        if change is None:
-            change = _maxabs(S_new - S)
-        residuals.append(change)
-        S = S_new
         if cheap_residual is None:
-            FS = ctx.F(S) if FS_new is None else FS_new
-            fp = _maxabs(FS - S)
+            FS_new = ctx.F(S_new) if FS_new is None else FS_new
+            fp = _maxabs(FS_new - S_new)
         else:
-            fp = cheap_residual(ctx, S)
-        if callback is not None:
-            callback(k, S)
-        if not (math.isfinite(change) and math.isfinite(fp)):
-            diverged, message = True, f"{method}: non-finite iterate at iteration {k}"
-            break
+            fp = cheap_residual(ctx, S_new)
+        if guarded and not fp <= GROWTH * max(best[0], check_tol):  # also catches nan
+            # the linearisation failed (non-finite, or the residual exploded): take the Jacobi step instead,
+            # which makes one more position exact like any other
+            ctx.state.setdefault("rejected", []).append(k)
+            S_new, change = ctx.jacobi_step(S, FS), None
+            FS_new = ctx.F(S_new)
+            fp = _maxabs(FS_new - S_new)
+        residuals.append(_maxabs(S_new - S) if change is None else change)
+        S, FS = S_new, FS_new
+        if opts.callback is not None:
+            opts.callback(k, S)
+        if not (math.isfinite(residuals[-1]) and math.isfinite(fp)):
+            return _diverged(ctx, best, residuals, f"{method}: non-finite iterate at iteration {k}")
         if fp < best[0]:
             best = (fp, S, k)
-        if change <= stop_tol:
-            converged = change <= check_tol
+        settled = residuals[-1] <= stop_tol or cheap_residual is not None  # (block Jacobi's residual is exact)
+        if settled and _passes(fp, S, stop_tol):
             break
-        if cheap_residual is not None and fp <= stop_tol:  # exact residual, measured where it can be non-zero
-            converged = fp <= check_tol
-            break
-        if method not in JACOBI_LIKE and fp > GROWTH * max(best[0], check_tol):
-            diverged = True
-            message = (
-                f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen "
-                f"({best[0]:.2e}) at iteration {k}"
+        if method not in JACOBI_LIKE and not guarded and fp > GROWTH * max(best[0], check_tol):
+            return _diverged(
+                ctx,
+                best,
+                residuals,
+                f"{method}: residual grew to {fp:.2e}, over {GROWTH:g}x the smallest seen ({best[0]:.2e}) "
+                f"at iteration {k}",
             )
-            break
         if deadline is not None and k < max_iters and time.perf_counter() > deadline:
-            converged = change <= check_tol
-            message = f"{method}: time limit of {time_limit:g} s reached after {k} iterations"
+            message = f"{method}: time limit of {opts.time_limit:g} s reached after {k} iterations"
             break
-    else:
-        # max_iters ran out: exact by causality after exact_after iterations; otherwise judge the last change
-        converged = max_iters >= exact_after or (bool(residuals) and residuals[-1] <= check_tol)
-    if diverged:
-        fp, S, k_best = best
-        message += f"; returning the best iterate (iteration {k_best}, max |F(S) - S| = {fp:.2e})"
-        if method != "damped":
-            message += "; try method='damped' (or 'jacobi', exact after T iterations)"
-    return S, residuals, converged and not diverged, diverged, fp, message
+    converged = _passes(fp, S, check_tol)
+    if not converged and not message and len(residuals) == ctx.exact_after:
+        message = (
+            f"{method}: after {len(residuals)} iterations, which make every position exact in exact "
+            f"arithmetic, max |F(S) - S| = {fp:.2e} is still above tol = {check_tol:.1e}" + _hint(method)
+        )
+    return _Outcome(S, residuals, converged, False, fp, message)
+
+
+def _passes(fp: float, S: Tensor, tol: float) -> bool:
+    """The residual check: max |F(S) - S| <= tol * max(1, max |S|) (absolute for states within [-1, 1],
+    relative to the largest state beyond: an LSTM's cell state can be 50, whose float32 spacing is 4e-6)."""
+    return fp <= tol or fp <= tol * _maxabs(S)
+
+
+def _diverged(ctx: _Context, best, residuals: list[float], why: str) -> _Outcome:
+    fp, S, k = best
+    message = f"{why}; returning the best iterate (iteration {k}, max |F(S) - S| = {fp:.2e})"
+    return _Outcome(S, residuals, False, True, fp, message + _hint(ctx.opts.method))
+
+
+def _hint(method: str) -> str:
+    """What to try instead of ``method`` (never ``method`` itself)."""
+    if method in JACOBI_LIKE:  # these only fail on non-finite values, which the step loop would meet too
+        return "; the step itself gives non-finite values: check x, h0 and the weights"
+    if method == "damped":
+        return "; try method='jacobi' (exact after T iterations: no linearisation to amplify errors)"
+    return "; try method='damped' (a trust region) or 'jacobi' (exact after T iterations)"
 
 
 def _attach_implicit(cell, u, s0, S_star, adjoint, tol, T):
