@@ -442,6 +442,7 @@ def from_torch(module: nn.Module, layer: int | None = None, *, allow_time_major:
         if layer not in (None, 0):
             raise ValueError(f"a {type(module).__name__} has one layer; got layer={layer}")
         return _cell_from_weights(module, "", kind, nonlinearity)
+    assert isinstance(module, nn.RNNBase)  # nn.RNN, nn.GRU or nn.LSTM (kinds above)
     if module.bidirectional:
         raise ValueError("bidirectional modules are not supported: solve each direction as its own cell")
     if getattr(module, "proj_size", 0):

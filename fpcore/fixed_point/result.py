@@ -42,7 +42,7 @@ class FixedPointResult:
     diverged: bool = False
     fp_residual: float = float("nan")
     message: str = ""
-    final: object = None
+    final: Tensor | tuple[Tensor, ...] | None = None  # torch's h_n [L, B, H] (LSTM: (h_n, c_n))
     layers: list[FixedPointResult] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 

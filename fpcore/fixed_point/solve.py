@@ -188,7 +188,7 @@ def _check_inputs(cell, x) -> None:
         raise ValueError(f"x has {x.shape[-1]} features, the cell expects input_size={cell.input_size}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    w = (cell[0] if isinstance(cell, CellStack) else cell).weight_hh
+    w = getattr(cell[0] if isinstance(cell, CellStack) else cell, "weight_hh", None)
     if isinstance(w, Tensor) and (w.dtype != x.dtype or w.device != x.device):
         raise ValueError(
             f"x is {x.dtype} on {x.device} but the cell's weights are {w.dtype} on {w.device}; "
@@ -298,11 +298,11 @@ def _solve_stack(stack: CellStack, x: Tensor, h0, init, opts: SolveOptions) -> F
         layers.append(r)
         inp, done = r.outputs, done + r.iterations
     last = layers[-1]
-    finals = [r.final for r in layers]
-    if isinstance(finals[0], tuple):
-        final = tuple(torch.cat([f[j] for f in finals]) for j in range(2))
+    final: Tensor | tuple[Tensor, ...]
+    if isinstance(last.final, tuple):  # LSTM: (h_n, c_n), each [L, B, H]
+        final = tuple(torch.cat([r.final[j] for r in layers if isinstance(r.final, tuple)]) for j in range(2))
     else:
-        final = torch.cat(finals)
+        final = torch.cat([r.final for r in layers if isinstance(r.final, Tensor)])  # [L, B, H]
     return FixedPointResult(
         outputs=last.outputs,
         states=last.states,
@@ -419,6 +419,7 @@ def _iterate(ctx: _Context, S: Tensor, max_iters: int, stop_tol: float, check_to
             # the linearisation failed (non-finite, or the residual exploded): take the Jacobi step instead,
             # which makes one more position exact like any other
             ctx.state.setdefault("rejected", []).append(k)
+            assert FS is not None  # (only methods without a cheap residual are guarded)
             S_new, change = ctx.jacobi_step(S, FS), None
             FS_new = ctx.F(S_new)
             fp = _maxabs(FS_new - S_new)

@@ -54,11 +54,13 @@ def loop(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, re
     B, T, D = a.shape
     acc = torch.promote_types(a.dtype, torch.float32)
     h = torch.zeros(B, D, dtype=acc, device=a.device) if h0 is None else h0.to(acc)
-    out = [None] * T
+    out: list[torch.Tensor] = []  # in the order computed
     steps = range(T - 1, -1, -1) if reverse else range(T)
     for t in steps:
         h = a[:, t].to(acc) * h + b[:, t].to(acc)
-        out[t] = h
+        out.append(h)
+    if reverse:
+        out.reverse()
     return torch.stack(out, dim=1).to(a.dtype)  # (B, T, D)
 
 
