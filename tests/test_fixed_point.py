@@ -213,6 +213,25 @@ def test_converged_means_the_residual_check_passes_in_float32(method, seed):
     assert float((res.states.double() - exact).abs().max()) <= 100 * loop_error + 1e-5
 
 
+class NoisyRNNCell(cells.RNNCell):
+    """A tanh RNN step plus 1e-3 of fresh noise per evaluation: no iterate can pass the residual check at
+    tol = 1e-6 (an exaggerated model of rounding that a non-contractive cell amplifies)."""
+
+    def step(self, s_prev, u):
+        return super().step(s_prev, u) + 1e-3 * torch.randn_like(s_prev)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_converged_is_never_claimed_from_the_iteration_count_alone(method):
+    torch.manual_seed(0)
+    m = make("tanh", dtype=F64)
+    cell = NoisyRNNCell(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+    x = torch.randn(2, 12, 3, dtype=F64)
+    with torch.no_grad(), pytest.warns(DivergenceWarning, match=r"after \d+ iterations, which make every position"):
+        res = solve(cell, x, method=method, tol=1e-6)
+    assert not res.converged and not res.diverged and res.fp_residual > 1e-6
+
+
 def deer_difficult_gru(seed, T=100):
     """DEER's own test_rnn "difficult" case (github.com/machine-discovery/deer, deer/tests/test_deer.py):
     a GRU with 2 units and 2 inputs in float32, weights U(-1, 1) / sqrt(fan-in) * 100, hidden biases
