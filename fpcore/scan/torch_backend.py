@@ -9,15 +9,16 @@ Paper C's algorithm (Martin & Cundy 2018, section 3) with torch ops instead of p
    shorter, solved by calling this function again;
 3. fix up: h = local_h + cumprod(a) * carry_in, one vectorised op.
 
-Python steps: about 2 sqrt(T) instead of T.
+Python steps: about 2 sqrt(T) instead of T. Equation, shapes and dtypes as :func:`fpcore.linear_scan`;
+fp16/bf16 are computed in float32 and returned in the input dtype.
 
 Overflow. The loop never forms a product of gates; phases 2 and 3 do, and the product of many gates can
 overflow where the recurrence does not: with a = 1.1 and b = 0 the state stays 0, but the product over a
 long span is inf and the fix-up's inf * 0 is NaN; with a tiny h0 the product is inf where the state is
-finite. So a level whose chunk products or carries are not all finite (checked on [B, C, D], a 1/L-th of
-the data) answers with the plain loop instead: the same answer as the loop, overflow included, at the
-loop's speed, only on such inputs. Equation, shapes and dtypes as :func:`fpcore.linear_scan`;
-fp16/bf16 are computed in float32 and returned in the input dtype.
+finite. So a level whose chunk products are not all finite (checked on [B, C, D], a 1/L-th of the data)
+answers with the plain loop instead, at the loop's speed; where the state itself overflows (a carry is
+inf), every chunk steps from its incoming state (L more steps) instead of the fix-up. Either way the
+answer is the loop's, overflow included; only such inputs pay.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def _loop(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Te
     return out
 
 
+def _rescan(a4: torch.Tensor, b4: torch.Tensor, carry_in: torch.Tensor) -> torch.Tensor:
+    """Phase 3 by the loop instead of the fix-up: every chunk steps from its incoming state, [B, C, L, D]."""
+    out = torch.empty_like(b4)
+    h = carry_in
+    for s in range(b4.shape[2]):
+        h = torch.addcmul(b4[:, :, s], a4[:, :, s], h)
+        out[:, :, s] = h
+    return out
+
+
 def _forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     B, T, D = a.shape
     if T <= _SMALL_T:
@@ -89,7 +100,9 @@ def _forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch
     if h0 is not None:
         carry_in[:, 0] = h0
     if not bool(torch.isfinite(carry_in).all()):  # the state itself overflowed: 0 * inf would give NaN
-        return _loop(a, b, h0)[:, :T]
+        if bool(carry_in.isnan().any()):  # already NaN (inf * 0 among the chunk carries, or NaN inputs)
+            return _loop(a, b, h0)[:, :T]
+        return _rescan(a4, b4, carry_in).view(B, C * L, D)[:, :T]  # loop semantics inside every chunk
     # phase 3: fix up every step with its chunk's incoming state
     h = torch.addcmul(local, prod, carry_in[:, :, None, :])  # (B, C, L, D)
     return h.view(B, C * L, D)[:, :T]
