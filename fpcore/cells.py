@@ -56,7 +56,10 @@ __all__ = [
 ]
 
 
-def _check_x(x: Tensor, input_size: int) -> None:
+def _check_x(x: Tensor, cell: Cell) -> None:
+    if cell.layout_error is not None:
+        raise ValueError(cell.layout_error)
+    input_size = cell.input_size
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a torch.Tensor [B, T, D], got {type(x).__name__}")
     if x.dim() != 3:
@@ -107,6 +110,7 @@ class Cell:
     kind = "cell"
     input_size: int
     hidden_size: int
+    layout_error: str | None = None  # set by from_torch for a time-major module's cells (see from_torch)
 
     @property
     def state_size(self) -> int:
@@ -144,7 +148,7 @@ class Cell:
             return torch.zeros(batch, S, dtype=dtype, device=device)
         if isinstance(h0, (tuple, list)):
             raise ValueError(f"{self.kind} takes h0 as one tensor [B, H], not a tuple")
-        return _one_layer(h0, batch, S, "h0")
+        return _one_layer(h0, batch, S, "h0", dtype, device)
 
     def final_state(self, s_last: Tensor):
         """The torch-style final state from the last packed state [B, S]: ``h_n`` [1, B, H]."""
@@ -157,9 +161,19 @@ class Cell:
         return f"{type(self).__name__}(input_size={self.input_size}, hidden_size={self.hidden_size})"
 
 
-def _one_layer(t: Tensor, batch: int, size: int, name: str) -> Tensor:
+def _one_layer(t: Tensor, batch: int, size: int, name: str, dtype=None, device=None) -> Tensor:
+    """``t`` as [B, size], checked. A dtype or device other than the inputs' is an error, as in torch.nn's
+    layers: casting silently would change the precision the caller chose for h0."""
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(
+            f"{name} is {t.dtype} but the inputs are {dtype}; convert it (e.g. {name.split()[0]}.to(x.dtype))"
+        )
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(
+            f"{name} is on {t.device} but the inputs are on {device}; move it (e.g. {name.split()[0]}.to(x.device))"
+        )
     if t.dim() == 3 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 2 or t.shape != (batch, size):
@@ -193,7 +207,7 @@ class RNNCell(Cell):
         self.hidden_size, self.input_size = weight_ih.shape
 
     def prepare(self, x):
-        _check_x(x, self.input_size)
+        _check_x(x, self)
         return _affine(x, self.weight_ih, self.bias_ih, self.bias_hh)  # (B, T, H)
 
     def _pre(self, s_prev, u):
@@ -229,7 +243,7 @@ class GRUCell(Cell):
         self.input_size = weight_ih.shape[1]
 
     def prepare(self, x):
-        _check_x(x, self.input_size)
+        _check_x(x, self)
         return _affine(x, self.weight_ih, self.bias_ih)  # (B, T, 3H)
 
     def _gates(self, s_prev, u):
@@ -293,7 +307,7 @@ class LSTMCell(Cell):
         return 2 * self.hidden_size
 
     def prepare(self, x):
-        _check_x(x, self.input_size)
+        _check_x(x, self)
         return _affine(x, self.weight_ih, self.bias_ih, self.bias_hh)  # (B, T, 4H)
 
     def _gates(self, s_prev, u):
@@ -353,8 +367,9 @@ class LSTMCell(Cell):
         if isinstance(h0, (tuple, list)):
             if len(h0) != 2:
                 raise ValueError("LSTM h0 must be (h0, c0) or a packed [B, 2H] tensor")
-            return torch.cat([_one_layer(h0[0], batch, H, "h0"), _one_layer(h0[1], batch, H, "c0")], -1)
-        return _one_layer(h0, batch, 2 * H, "h0 (packed [h, c])")
+            h, c = (_one_layer(t, batch, H, n, dtype, device) for t, n in zip(h0, ("h0", "c0")))
+            return torch.cat([h, c], -1)
+        return _one_layer(h0, batch, 2 * H, "h0 (packed [h, c])", dtype, device)
 
     def final_state(self, s_last):
         H = self.hidden_size
@@ -402,14 +417,22 @@ def _cell_from_weights(module, suffix: str, kind: str, nonlinearity: str = "tanh
     return GRUCell(*args) if kind == "gru" else LSTMCell(*args)
 
 
-def from_torch(module: nn.Module, layer: int | None = None):
+def from_torch(module: nn.Module, layer: int | None = None, *, allow_time_major: bool = False):
     """Cells sharing the weights of a torch recurrent module (gradients reach the module's parameters).
 
-    ``module``: ``nn.RNN`` (tanh or relu), ``nn.GRU``, ``nn.LSTM`` (batch_first or not: solvers always
-    take batch-first x), or ``nn.RNNCell`` / ``nn.GRUCell`` / ``nn.LSTMCell``. Returns a :class:`Cell`
-    for one layer, a :class:`CellStack` for ``num_layers > 1``, or layer ``layer`` alone when given.
-    Bidirectional modules and LSTM projections (``proj_size > 0``) are not supported (ValueError).
-    Inter-layer dropout is never applied (the solvers compute the eval-mode layer).
+    ``module``: ``nn.RNN`` (tanh or relu), ``nn.GRU``, ``nn.LSTM``, or ``nn.RNNCell`` / ``nn.GRUCell`` /
+    ``nn.LSTMCell``. Returns a :class:`Cell` for one layer, a :class:`CellStack` for ``num_layers > 1``,
+    or layer ``layer`` alone when given. Bidirectional modules and LSTM projections (``proj_size > 0``)
+    are not supported (ValueError). Inter-layer dropout is never applied (the solvers compute the
+    eval-mode layer).
+
+    Layout. The cells, the solvers and the references take batch-first x [B, T, D], always. A module built
+    with ``batch_first=False`` (torch's default) reads time-major [T, B, D]; its own input handed to a
+    solver would be read with B and T swapped, giving wrong numbers without an error. So the cells of such a
+    module refuse any x (ValueError from :meth:`Cell.prepare`, which every solver and reference calls)
+    unless ``allow_time_major=True``, by which the caller confirms that they will get batch-first x
+    (``x.transpose(0, 1)`` of the module's input; the weights are the same). What reads only the weights
+    (e.g. :func:`fpcore.stability.contraction_bound`) works either way.
     """
     kinds = {nn.RNN: "rnn", nn.GRU: "gru", nn.LSTM: "lstm", nn.RNNCell: "rnn", nn.GRUCell: "gru", nn.LSTMCell: "lstm"}
     kind = next((k for t, k in kinds.items() if isinstance(module, t)), None)
@@ -420,6 +443,7 @@ def from_torch(module: nn.Module, layer: int | None = None):
         if layer not in (None, 0):
             raise ValueError(f"a {type(module).__name__} has one layer; got layer={layer}")
         return _cell_from_weights(module, "", kind, nonlinearity)
+    assert isinstance(module, nn.RNNBase)  # nn.RNN, nn.GRU or nn.LSTM (kinds above)
     if module.bidirectional:
         raise ValueError("bidirectional modules are not supported: solve each direction as its own cell")
     if getattr(module, "proj_size", 0):
@@ -431,12 +455,18 @@ def from_torch(module: nn.Module, layer: int | None = None):
             stacklevel=2,
         )
     L = module.num_layers
-    if layer is not None:
-        if not 0 <= layer < L:
-            raise ValueError(f"layer must be in [0, {L}), got {layer}")
-        return _cell_from_weights(module, f"_l{layer}", kind, nonlinearity)
-    cells = [_cell_from_weights(module, f"_l{i}", kind, nonlinearity) for i in range(L)]
-    return cells[0] if L == 1 else CellStack(cells)
+    if layer is not None and not 0 <= layer < L:
+        raise ValueError(f"layer must be in [0, {L}), got {layer}")
+    chosen = range(L) if layer is None else [layer]
+    cells = [_cell_from_weights(module, f"_l{i}", kind, nonlinearity) for i in chosen]
+    if not module.batch_first and not allow_time_major:
+        for c in cells:
+            c.layout_error = (
+                f"this cell comes from a {type(module).__name__} with batch_first=False, whose own inputs are "
+                f"time-major [T, B, D], but fpcore takes batch-first x [B, T, D]. Build the module with "
+                f"batch_first=True, or call from_torch(module, allow_time_major=True) and pass x.transpose(0, 1)"
+            )
+    return cells[0] if len(cells) == 1 else CellStack(cells)
 
 
 # -- references ---------------------------------------------------------------------------------------

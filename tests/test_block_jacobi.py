@@ -60,7 +60,9 @@ def test_one_block_is_the_step_loop(kind, inner):
     x = torch.randn(2, 23, 3, dtype=F64)
     res = solve(cell, x, method="block_jacobi", block=23)
     assert res.info["inner"] == inner
-    assert res.iterations == 1 and res.converged and res.fp_residual == 0.0
+    assert res.iterations == 1 and res.converged
+    # the loop is F's own step: exact; torch's fused layer sums in another order: rounding
+    assert res.fp_residual == 0.0 if inner == "loop" else res.fp_residual <= 1e-13
     torch.testing.assert_close(res.states, cells.sequential(cell, x), rtol=0, atol=1e-13)
 
 

@@ -119,22 +119,50 @@ def test_from_torch_cell_modules_and_layer_choice():
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "bad, match",
     [
-        lambda: cells.from_torch(nn.Linear(3, 4)),
-        lambda: cells.from_torch(nn.GRU(3, 4, bidirectional=True)),
-        lambda: cells.from_torch(nn.LSTM(3, 4, proj_size=2)),
-        lambda: cells.from_torch(nn.GRU(3, 4, num_layers=2), layer=2),
-        lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5)),
-        lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5, 7)),
-        lambda: cells.from_torch(nn.GRU(3, 4)).initial_state(torch.randn(3, 4), 2),
-        lambda: cells.from_torch(nn.LSTM(3, 4)).initial_state((torch.randn(2, 4),), 2),
-        lambda: cells.truncated(cells.from_torch(nn.GRU(3, 4)), torch.randn(1, 5, 3), 0),
+        (lambda: cells.from_torch(nn.Linear(3, 4)), "from_torch takes"),
+        (lambda: cells.from_torch(nn.GRU(3, 4, bidirectional=True)), "bidirectional"),
+        (lambda: cells.from_torch(nn.LSTM(3, 4, proj_size=2)), "proj_size"),
+        (lambda: cells.from_torch(nn.GRU(3, 4, num_layers=2), layer=2), "layer must be in"),
+        (lambda: cells.from_torch(nn.GRU(3, 4, batch_first=True)).prepare(torch.randn(2, 5)), "batch-first"),
+        (lambda: cells.from_torch(nn.GRU(3, 4, batch_first=True)).prepare(torch.randn(2, 5, 7)), "7 features"),
+        (lambda: cells.from_torch(nn.GRU(3, 4)).initial_state(torch.randn(3, 4), 2), "h0 must have shape"),
+        (lambda: cells.from_torch(nn.LSTM(3, 4)).initial_state((torch.randn(2, 4),), 2), r"\(h0, c0\)"),
+        (lambda: cells.truncated(cells.from_torch(nn.GRU(3, 4, batch_first=True)), torch.randn(1, 5, 3), 0), "k must"),
+        (lambda: cells.from_torch(nn.GRU(3, 4)).prepare(torch.randn(2, 5, 3)), "batch_first=False"),
+        (
+            lambda: cells.from_torch(nn.GRU(3, 4)).initial_state(torch.randn(2, 4).double(), 2, dtype=torch.float32),
+            "float64",
+        ),
     ],
 )
-def test_bad_input_raises_value_error(bad):
-    with pytest.raises(ValueError):
+def test_bad_input_raises_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
         bad()
+
+
+@pytest.mark.parametrize("kind", ["tanh", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_time_major_module_is_refused_unless_allowed_and_then_exact(kind, layers):
+    """A batch_first=False module reads [T, B, D]; its own input given to a solver would be read as
+    [B, T, D]. Its cells refuse x unless allow_time_major=True, and then x.transpose(0, 1) is exact."""
+    from fpcore import stability
+    from fpcore.fixed_point import solve
+
+    torch.manual_seed(0)
+    m = {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](3, 6, num_layers=layers).double()  # time-major
+    x_tm = torch.randn(7, 2, 3, dtype=F64)  # (T, B, D), the module's own layout
+    with pytest.raises(ValueError, match="batch_first=False"):
+        solve(cells.from_torch(m), x_tm, method="jacobi")
+    with pytest.raises(ValueError, match="allow_time_major=True"):
+        cells.sequential(cells.from_torch(m), x_tm)
+    cell = cells.from_torch(m, allow_time_major=True)
+    with torch.no_grad():
+        want = m(x_tm)[0].transpose(0, 1)  # (B, T, H)
+        got = solve(cell, x_tm.transpose(0, 1), method="newton").outputs
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert stability.contraction_bound(cells.from_torch(m, layer=0)) > 0  # reads only the weights: works
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])

@@ -117,6 +117,24 @@ def test_jacobi_residuals_are_the_max_abs_change_per_iteration():
         assert res.residuals[k] == pytest.approx(float((b - a).detach().abs().max()), rel=1e-12, abs=0)
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("layers", [1, 2])
+def test_callback_sees_every_iterate_of_every_layer(method, layers):
+    """callback(k, S) runs after every iteration of every layer, k counting as .residuals does."""
+    m = make("gru", layers=layers, dtype=F64)
+    cell = cells.from_torch(m)
+    x = torch.randn(2, 12, 3, dtype=F64)
+    seen = []
+    res = solve(cell, x, method=method, callback=lambda k, S: seen.append((k, S.detach().clone())))
+    layer_results = res.layers or [res]
+    assert [k for k, _ in seen] == list(range(1, res.iterations + 1))
+    assert res.iterations == sum(r.iterations for r in layer_results) >= layers
+    # the last iterate each layer saw is what that layer returned
+    ends = [sum(r.iterations for r in layer_results[: i + 1]) for i in range(layers)]
+    for r, end in zip(layer_results, ends):
+        torch.testing.assert_close(seen[end - 1][1], r.states, rtol=0, atol=0)
+
+
 def test_newton_converges_in_few_iterations_on_a_stable_cell():
     cell = cells.from_torch(make("gru", dtype=F64))
     x = torch.randn(2, 200, 3, dtype=F64)
@@ -141,25 +159,151 @@ def test_newton_divergence_is_detected_reported_and_rescued_by_damping():
     x = torch.randn(2, T, 3, dtype=F64)
     seq = cells.sequential(cell, x)
     with pytest.warns(DivergenceWarning, match="newton"):
-        res = solve(cell, x, method="newton")
+        res = solve(cell, x, method="newton", safeguard=False)
     assert res.diverged and not res.converged and "best iterate" in res.message
     assert torch.isfinite(res.states).all()  # the best iterate, not the exploded one
     assert res.fp_residual == pytest.approx(float((res.states - _F(cell, x, res.states)).detach().abs().max()))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DivergenceWarning)
         damped = solve(cell, x, method="damped")
+        guarded = solve(cell, x, method="newton")  # the safeguard takes Jacobi steps where Newton's explode
     assert damped.converged and not damped.diverged and damped.iterations < T
     torch.testing.assert_close(damped.states, seq, rtol=0, atol=1e-10)
+    assert guarded.converged and guarded.info["rejected"] and guarded.iterations < T
+    torch.testing.assert_close(guarded.states, seq, rtol=0, atol=1e-10)
 
 
-def test_non_finite_iterates_are_divergence_for_every_method():
+@pytest.mark.parametrize("method", list(METHODS))
+def test_non_finite_iterates_are_divergence_and_the_hint_names_another_method(method):
     cell = cells.from_torch(make("relu", dtype=F64))
     x = torch.randn(2, 10, 3, dtype=F64)
     x[0, 3, 0] = float("nan")
-    for method in METHODS:
-        with pytest.warns(DivergenceWarning, match="non-finite"):
-            res = solve(cell, x, method=method)
-        assert res.diverged and not res.converged
+    with pytest.warns(DivergenceWarning, match="non-finite"):
+        res = solve(cell, x, method=method)
+    assert res.diverged and not res.converged
+    assert f"'{method}'" not in res.message  # never "try jacobi" after jacobi
+
+
+def unstable_rnn(seed, H=12, D=3, gain=4.0):
+    """A float32 tanh RNN with W_hh ~ N(0, gain^2 / H): ||J|| well above 1, so rounding errors grow."""
+    torch.manual_seed(seed)
+    m = nn.RNN(D, H, batch_first=True)
+    with torch.no_grad():
+        m.weight_hh_l0.copy_(torch.randn(H, H) * gain / H**0.5)
+    return m
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("seed", range(6))
+def test_converged_means_the_residual_check_passes_in_float32(method, seed):
+    """W_hh ~ N(0, 16/H), H = 12, T = 64, float32, tol 1e-6: damped Newton used to run all T iterations and
+    claim convergence by causality with max |F(S) - S| = 1.5e-3 (seed 2) and states off by 0.65."""
+    m = unstable_rnn(seed)
+    cell = cells.from_torch(m)
+    x = torch.randn(2, 64, 3)
+    with torch.no_grad():
+        res = solve(cell, x, method=method, tol=1e-6)
+        fp = float((_F(cell, x, res.states) - res.states).abs().max())
+        m64 = nn.RNN(3, 12, batch_first=True).double()
+        m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+        exact = cells.sequential(cells.from_torch(m64), x.double())
+        loop_error = float((cells.sequential(cell, x).double() - exact).abs().max())
+    assert res.converged and not res.diverged
+    assert fp <= 1e-6 * max(1.0, float(res.states.abs().max())) and fp == pytest.approx(res.fp_residual)
+    assert float((res.states.double() - exact).abs().max()) <= 100 * loop_error + 1e-5
+
+
+class NoisyRNNCell(cells.RNNCell):
+    """A tanh RNN step plus 1e-3 of fresh noise per evaluation: no iterate can pass the residual check at
+    tol = 1e-6 (an exaggerated model of rounding that a non-contractive cell amplifies)."""
+
+    def step(self, s_prev, u):
+        return super().step(s_prev, u) + 1e-3 * torch.randn_like(s_prev)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_converged_is_never_claimed_from_the_iteration_count_alone(method):
+    torch.manual_seed(0)
+    m = make("tanh", dtype=F64)
+    cell = NoisyRNNCell(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+    x = torch.randn(2, 12, 3, dtype=F64)
+    with torch.no_grad(), pytest.warns(DivergenceWarning, match=r"after \d+ iterations, which make every position"):
+        # (block Jacobi: blocks shorter than T, since one block is the loop, whose residual is zero by construction)
+        res = solve(cell, x, method=method, tol=1e-6, **({"block": 4} if method == "block_jacobi" else {}))
+    assert not res.converged and not res.diverged and res.fp_residual > 1e-6
+
+
+def deer_difficult_gru(seed, T=100):
+    """DEER's own test_rnn "difficult" case (github.com/machine-discovery/deer, deer/tests/test_deer.py):
+    a GRU with 2 units and 2 inputs in float32, weights U(-1, 1) / sqrt(fan-in) * 100, hidden biases
+    U(-1, 1) / sqrt(2), no input bias, x ~ N(0, 1) / 100, h0 ~ N(0, 1), 100 steps (drawn with torch)."""
+    g = torch.Generator().manual_seed(seed)
+    U = lambda *shape: torch.rand(*shape, generator=g) * 2 - 1  # noqa: E731
+    gru = nn.GRU(2, 2, batch_first=True)
+    with torch.no_grad():
+        gru.weight_ih_l0.copy_(U(6, 2) / 2**0.5 * 100)
+        gru.weight_hh_l0.copy_(U(6, 2) / 2**0.5 * 100)
+        gru.bias_ih_l0.zero_()
+        gru.bias_hh_l0.copy_(U(6) / 2**0.5)
+    return gru, torch.randn(1, T, 2, generator=g) / 100, torch.randn(1, 2, generator=g)
+
+
+@pytest.mark.parametrize("method", ["newton", "quasi_newton", "damped"])
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("with_h0", [True, False])
+def test_the_newton_family_converges_on_deers_difficult_gru(method, seed, with_h0):
+    """Its Jacobian products overflow float32: plain Newton's first step is non-finite or explodes. The
+    start s_0 repeated over t (DEER's) and the safeguard (a Jacobi step instead) make every method converge
+    to the loop's answer (within the float32 loop's own error against float64)."""
+    gru, x, h0 = deer_difficult_gru(seed)
+    h0 = h0 if with_h0 else None
+    cell = cells.from_torch(gru)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", DivergenceWarning)
+        res = solve(cell, x, h0, method=method)
+        loop = cells.sequential(cell, x, h0).double()
+        gru.double()
+        exact = cells.sequential(cells.from_torch(gru), x.double(), None if h0 is None else h0.double())
+    assert res.converged and not res.diverged and res.iterations <= x.shape[1]
+    assert float((res.states.double() - exact).abs().max()) <= 10 * float((loop - exact).abs().max()) + 1e-5
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_newton_family_starts_from_h0_repeated_and_jacobi_from_zeros(method):
+    cell = cells.from_torch(make("gru", dtype=F64))
+    x, h0 = torch.randn(2, 9, 3, dtype=F64), torch.randn(2, 6, dtype=F64)
+    start = h0[:, None].expand(2, 9, 6) if method in ("quasi_newton", "newton", "damped") else torch.zeros(2, 9, 6)
+    for k in (1, 2):
+        default = solve(cell, x, h0, method=method, iters=k).states
+        given = solve(cell, x, h0, method=method, iters=k, init=start.to(F64)).states
+        torch.testing.assert_close(default, given, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_h0_of_another_dtype_is_a_clear_error(kind, layers):
+    cell = cells.from_torch(make(kind, layers=layers))
+    h0 = h0_for(kind, layers, 2, 6, dtype=F64)
+    if layers == 1:
+        h0 = tuple(h[0] for h in h0) if kind == "lstm" else h0[0]
+    with pytest.raises(ValueError, match=r"h0 is torch.float64 but the inputs are torch.float32; convert it"):
+        solve(cell, torch.randn(2, 8, 3), h0, method="jacobi")
+    with pytest.raises(ValueError, match=r"h0 is torch.float64 but the inputs are torch.float32"):
+        cells.sequential(cell, torch.randn(2, 8, 3), h0)
+
+
+def test_options_are_checked_once_and_frozen():
+    from dataclasses import FrozenInstanceError
+
+    from fpcore.fixed_point import SolveOptions
+
+    opts = SolveOptions(method="newton", tol=1e-8)
+    with pytest.raises(FrozenInstanceError, match="cannot assign"):
+        opts.tol = 1.0
+    with pytest.raises(ValueError, match="safeguard must be True or False"):
+        SolveOptions(safeguard=1)
+    with pytest.raises(ValueError, match="callback must be callable"):
+        SolveOptions(callback=3)
 
 
 def _F(cell, x, S):

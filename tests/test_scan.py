@@ -187,6 +187,60 @@ def test_bad_inputs_raise_value_error(make, match):
         linear_scan(a, b, h0)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    "gate, b, h0",
+    [(1.5, 0.0, 0.0), (1.5, 1.0, 0.0), (-1.5, 1.0, 0.0), (1.5, 0.0, 1e-30), (0.5, 0.0, float("inf"))],
+    ids=["zero-state", "overflow", "overflow-alternating", "tiny-h0", "inf-h0"],
+)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_overflowing_gate_products_give_what_the_loop_gives(backend, dtype, gate, b, h0, reverse):
+    """a = 1.5, b = 0: the state stays 0 while the product of the gates overflows (inf * 0 is NaN in a
+    chunked or tree scan); with b = 1 the state itself overflows to inf. Every backend must give the loop's
+    answer: the same zeros, the same infinities, the same finite values, and no NaN."""
+    if backend == "ref":
+        pytest.skip("the ref loop is the oracle itself")
+    T = 4099  # the torch backend's inner chunks span 576 steps: their gate products overflow
+    if dtype == torch.float64:
+        gate = gate**4  # and in float64 too
+    a = torch.full((2, T, 3), gate, dtype=dtype)
+    bb = torch.full((2, T, 3), b, dtype=dtype)
+    start = torch.full((2, 3), h0, dtype=dtype)
+    got = linear_scan(a, bb, start, reverse=reverse, backend=backend)
+    want = ref.loop(a, bb, start, reverse=reverse)
+    assert not want.isnan().any()  # the loop never forms 0 * inf here
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.isinf(), want.isinf()) and torch.equal(got.sign(), want.sign())
+    finite = want.isfinite()
+    assert_close(got[finite], want[finite], rtol=1e-2 if dtype == torch.float32 else 1e-9, atol=0)
+
+
+@pytest.mark.parametrize("gate, b", [(1.5, 0.0), (1.5, 1.0)], ids=["zero-state", "overflow"])
+def test_matrix_scan_overflowing_products_give_what_the_loop_gives(gate, b):
+    T, D = 4099, 2
+    A = (gate * torch.eye(D)).expand(1, T, D, D)
+    bb = torch.full((1, T, D), b)
+    got, want = matrix_scan(A, bb), matrix_loop(A, bb)
+    # (once the state is inf, the dense loop's own matvec meets 0 * inf: its NaN is the answer to match)
+    assert (b == 1.0) or not want.isnan().any()
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    assert_close(got[want.isfinite()], want[want.isfinite()], rtol=1e-2, atol=0)
+
+
+def test_arguments_that_are_not_tensors_raise_type_error():
+    a = torch.rand(2, 5, 3)
+    with pytest.raises(TypeError, match="h0 must be a torch.Tensor or None, got list"):
+        linear_scan(a, a, [[0.0] * 3] * 2)
+    with pytest.raises(TypeError, match="b must be a torch.Tensor, got float"):
+        linear_scan(a, 1.0)
+    A = torch.rand(2, 5, 3, 3)
+    with pytest.raises(TypeError, match="h0 must be a torch.Tensor or None, got list"):
+        matrix_scan(A, a, [[0.0] * 3] * 2)
+    with pytest.raises(TypeError, match="A must be a torch.Tensor, got list"):
+        matrix_scan([1.0], a)
+
+
 def test_bad_backend_raises_value_error():
     a = torch.rand(1, 4, 2)
     with pytest.raises(ValueError, match="unknown backend"):

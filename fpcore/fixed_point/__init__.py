@@ -1,4 +1,4 @@
-"""Fixed-point solvers for recurrent layers: Jacobi, quasi-Newton, Newton (DEER) and damped Newton.
+"""Fixed-point solvers for recurrent layers: Jacobi, quasi-Newton, Newton (DEER), damped Newton, block Jacobi.
 
     >>> from torch import nn
     >>> from fpcore import cells, fixed_point
@@ -10,6 +10,6 @@ See :func:`solve` for the contract, and each method's module for its mathematics
 """
 
 from .result import DivergenceWarning, FixedPointResult
-from .solve import METHODS, default_tol, solve
+from .solve import METHODS, SolveOptions, default_tol, solve
 
-__all__ = ["solve", "FixedPointResult", "DivergenceWarning", "METHODS", "default_tol"]
+__all__ = ["solve", "SolveOptions", "FixedPointResult", "DivergenceWarning", "METHODS", "default_tol"]

@@ -50,4 +50,4 @@ def step(ctx, S: Tensor, FS: Tensor):
         alpha /= SHRINK
     ctx.state["alpha"] = ALPHA_MIN
     ctx.state.setdefault("alphas", []).append(0.0)
-    return FS, None  # the Jacobi step: always progress, never divergence
+    return ctx.jacobi_step(S, FS), None  # the Jacobi step: always progress, never divergence

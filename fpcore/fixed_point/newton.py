@@ -20,7 +20,7 @@ def newton_step(ctx, S: Tensor, FS: Tensor, J: Tensor, alpha: float = 1.0) -> Te
     from fpcore.scan import matrix_scan
 
     A = J if alpha == 1.0 else alpha * J  # (B, T, S, S)
-    return S + matrix_scan(A, FS - S)
+    return S + matrix_scan(A, ctx.residual(S, FS))
 
 
 def step(ctx, S: Tensor, FS: Tensor):

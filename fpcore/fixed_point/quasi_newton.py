@@ -17,5 +17,5 @@ def step(ctx, S: Tensor, FS: Tensor):
     from fpcore import linear_scan
 
     D = ctx.cell.jacobian_diag(ctx.prev(S), ctx.u)  # (B, T, S)
-    d = linear_scan(D, FS - S, backend=ctx.backend)  # (B, T, S)
+    d = linear_scan(D, ctx.residual(S, FS), backend=ctx.backend)  # (B, T, S)
     return S + d, None

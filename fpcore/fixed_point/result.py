@@ -10,7 +10,8 @@ __all__ = ["FixedPointResult", "DivergenceWarning"]
 
 
 class DivergenceWarning(RuntimeWarning):
-    """A solver's iterates became non-finite or its residuals grew: the best iterate was returned."""
+    """A solver did not reach the fixed point it was asked for: its iterates became non-finite or its residuals
+    grew (the best iterate was returned), or it ran every iteration and the residual check still fails."""
 
 
 @dataclass
@@ -21,13 +22,14 @@ class FixedPointResult:
     states      [B, T, S]  the packed states (S = H, or 2H for the LSTM's [h, c]; stack: last layer)
     iterations  solver iterations run (stack: summed over layers)
     residuals   one float per iteration: max |S^(k+1) - S^(k)| over batch, time and features
-    converged   True when the last residual is <= tol, or T iterations ran (every method is exact after
-                T iterations from any start, by causality); False on divergence or an early ``iters`` stop
+    converged   True when the returned states pass the residual check max |F(S) - S| <= tol * max(1, max |S|)
+                (``fp_residual`` below); never from the iteration count alone. False on divergence
     diverged    True when the iterates became non-finite or the residuals grew (see ``message``)
     fp_residual max |F(S) - S| of the returned states (the fixed-point residual; 0 at the exact answer)
     layers      per-layer results for a :class:`~fpcore.cells.CellStack` (empty for one cell)
     info        what the method kept between iterations (damped: ``alphas``, the accepted alpha per
-                iteration, 0 for a Jacobi step)
+                iteration, 0 for a Jacobi step; the Newton family: ``rejected``, the iterations whose step
+                the safeguard replaced by a Jacobi step)
     """
 
     outputs: Tensor
@@ -40,7 +42,7 @@ class FixedPointResult:
     diverged: bool = False
     fp_residual: float = float("nan")
     message: str = ""
-    final: object = None
+    final: Tensor | tuple[Tensor, ...] | None = None  # torch's h_n [L, B, H] (LSTM: (h_n, c_n))
     layers: list[FixedPointResult] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 

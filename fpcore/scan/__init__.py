@@ -186,9 +186,10 @@ class LinearScanFunction(torch.autograd.Function):
 
 
 def _check(a, b, h0, reverse) -> None:
-    for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"linear_scan: {name} must be a torch.Tensor, got {type(x).__name__}")
+    for name, x in (("a", a), ("b", b), ("h0", h0)):
+        if not isinstance(x, torch.Tensor) and not (name == "h0" and x is None):
+            kind = "a torch.Tensor or None" if name == "h0" else "a torch.Tensor"
+            raise TypeError(f"linear_scan: {name} must be {kind}, got {type(x).__name__}")
     if a.dim() != 3:
         raise ValueError(f"linear_scan: a must be [B, T, D], got shape {tuple(a.shape)}")
     if b.shape != a.shape:
@@ -204,8 +205,6 @@ def _check(a, b, h0, reverse) -> None:
     if a.device != b.device:
         raise ValueError(f"linear_scan: a and b are on different devices ({a.device} and {b.device})")
     if h0 is not None:
-        if not isinstance(h0, torch.Tensor):
-            raise ValueError(f"linear_scan: h0 must be a torch.Tensor or None, got {type(h0).__name__}")
         B, _, D = a.shape
         if h0.shape != (B, D):
             raise ValueError(f"linear_scan: h0 must be [B, D] = {[B, D]}, got {list(h0.shape)}")
@@ -241,11 +240,15 @@ def linear_scan(
     Differentiable in a, b and h0 (first derivatives) through :class:`LinearScanFunction`, whose
     backward is the reverse scan g_t = dL/dh_t + a_{t+1} g_{t+1} (paper C, section 2.2).
 
-    Limits: any T >= 1; non-contiguous inputs are made contiguous (a copy). fp32 rounding error
-    grows with T: measured against float64 it stays near 1e-6 relative for contractive gates
+    Limits: any T >= 1; non-contiguous inputs are made contiguous (a copy). On overflow the ref, numba,
+    torch and tree backends give what the sequential recurrence gives: inf where the state overflows,
+    never NaN from a product of gates that overflowed while the state did not (the chunked and tree
+    scans answer with the loop there). fp32 rounding error grows with T: measured against float64 it
+    stays near 1e-6 relative for contractive gates
     (notebook 01 and ``python -m fpcore bench scan`` report the max-abs-error beside every timing).
 
     Raises:
+        TypeError: a, b or h0 is not a tensor (h0 may be None).
         ValueError: shape mismatch, T = 0, non-floating or mixed dtypes, tensors on different devices,
             an unknown backend, or a backend that cannot run here or on this device.
     """

@@ -9,6 +9,13 @@ inside chunks of L ~ sqrt(T) steps (all chunks at once) run the step loop from z
 running matrix product, scan the chunk carries recursively, then fix up with one batched matmul.
 Work O(T D^3), about 2 sqrt(T) Python steps, memory O(T D^2) (the size of A itself).
 Gradients flow by torch autograd through these ops (first and higher derivatives).
+
+Overflow. The loop multiplies the state by one A_t at a time; the chunked scan multiplies the A_t together
+first, and a product of many can overflow where the state does not (A_t = 1.1 I, b = 0: the state stays 0,
+the product is inf, and inf * 0 is NaN). A level whose chunk products, carries or result are not all finite
+therefore answers with the loop (:func:`matrix_loop`): the sequential recurrence's answer, overflow
+included, at the loop's speed, only on such inputs. (The checks read [B, C, D, D] and [B, T, D] numbers,
+little beside the O(T D^3) work.)
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ _SMALL_T = 16
 
 
 def _check(A, b, h0):
-    if not isinstance(A, torch.Tensor) or not isinstance(b, torch.Tensor):
-        raise ValueError("matrix_scan: A and b must be torch.Tensors")
+    for name, value in (("A", A), ("b", b), ("h0", h0)):
+        if not isinstance(value, torch.Tensor) and not (name == "h0" and value is None):
+            raise TypeError(
+                f"matrix_scan: {name} must be a torch.Tensor{' or None' if name == 'h0' else ''}, "
+                f"got {type(value).__name__}"
+            )
     if b.dim() != 3:
         raise ValueError(f"matrix_scan: b must be [B, T, D], got shape {tuple(b.shape)}")
     B, T, D = b.shape
@@ -66,9 +77,11 @@ def matrix_scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
         h: [B, T, D] in b's dtype. Differentiable in A, b, h0 by autograd.
 
     Limits: any T >= 1; O(T D^3) work and O(T D^2) memory, so meant for the modest D of Newton
-    solvers. Products of many A_t over- or underflow exactly as the sequential recurrence would.
+    solvers. Where products of many A_t overflow, the answer is the sequential loop's (see the module
+    docstring): inf where the recurrence overflows, never NaN from the order of the products.
 
     Raises:
+        TypeError: A, b or h0 is not a tensor (h0 may be None).
         ValueError: shape mismatch, T = 0, non-floating or mixed dtypes, tensors on different devices.
     """
     _check(A, b, h0)
@@ -101,10 +114,18 @@ def _forward(A, b, h0):
         prods.append(P)
     local = torch.stack(local, dim=2)  # (B, C, L, D)
     prods = torch.stack(prods, dim=2)  # (B, C, L, D, D)
+    if not _finite(prods[:, :, -1]):  # a chunk's product overflowed: see the module docstring
+        return matrix_loop(A, b, h0)[:, :T]
     # phase 2: the state at the end of every chunk (recursively)
     ends = _forward(prods[:, :, -1], local[:, :, -1], h0)  # (B, C, D)
     first = b.new_zeros(B, 1, D) if h0 is None else h0[:, None, :]
     carry_in = torch.cat([first, ends[:, :-1]], dim=1)  # (B, C, D)
     # phase 3: h = local + P @ carry_in
     h = local + (prods @ carry_in[:, :, None, :, None])[..., 0]  # (B, C, L, D)
+    if not (_finite(carry_in) and _finite(h)):  # the state overflowed: inf * 0 and inf - inf give NaN here
+        return matrix_loop(A, b, h0)[:, :T]
     return h.reshape(B, C * L, D)[:, :T]
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t.detach()).all())

@@ -15,6 +15,12 @@ device), h0: [B, D] or None, and returns h: [B, T, D] in the dtype of a. They ar
 not to be fast: :func:`loop` is one tiny torch op per time step; the tree scans do O(log T) passes of
 full-size tensor ops. Every fast backend is tested against :func:`loop`.
 
+Floating point is not associative past overflow. The loop multiplies the state by one gate at a time;
+the tree scans multiply gates together first, and a product of many gates can overflow where the state
+does not (a = 1.1, b = 0: the state stays 0, the product over a long span is inf, and inf * 0 is NaN). So
+when a tree scan's prefix products or results are not all finite, it answers with :func:`loop`: the same
+answer as the sequential recurrence, overflow included.
+
 The tree scans can *record* what they do (``record=[]``): one entry per level, each a dict
 ``{"phase": ..., "pairs": [(src, dst), ...]}`` meaning "dst := element[src] . element[dst]", which
 :func:`fpcore.scan.viz.draw_tree` turns into the step-by-step diagrams of notebook 01.
@@ -48,11 +54,13 @@ def loop(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, re
     B, T, D = a.shape
     acc = torch.promote_types(a.dtype, torch.float32)
     h = torch.zeros(B, D, dtype=acc, device=a.device) if h0 is None else h0.to(acc)
-    out = [None] * T
+    out: list[torch.Tensor] = []  # in the order computed
     steps = range(T - 1, -1, -1) if reverse else range(T)
     for t in steps:
         h = a[:, t].to(acc) * h + b[:, t].to(acc)
-        out[t] = h
+        out.append(h)
+    if reverse:
+        out.reverse()
     return torch.stack(out, dim=1).to(a.dtype)  # (B, T, D)
 
 
@@ -78,6 +86,8 @@ def hillis_steele(a, b, h0=None, *, reverse=False, record: list | None = None) -
         offset *= 2
     if h0 is not None:
         H = H + A * h0.to(acc)[:, None, :]  # h_t = (prod_{s<=t} a_s) h_0 + H_t
+    if not bool(torch.isfinite(A).all() and torch.isfinite(H).all()):  # overflow: see the module docstring
+        return loop(a, b, h0)
     return H.to(a.dtype)
 
 
@@ -126,6 +136,8 @@ def blelloch(a, b, h0=None, *, reverse=False, record: list | None = None) -> tor
     A, H = A[:, :T], H[:, :T]
     if h0 is not None:
         H = H + A * h0.to(acc)[:, None, :]
+    if not bool(torch.isfinite(A).all() and torch.isfinite(H).all()):  # overflow: see the module docstring
+        return loop(a, b, h0)
     return H.to(a.dtype)
 
 

@@ -11,6 +11,14 @@ Paper C's algorithm (Martin & Cundy 2018, section 3) with torch ops instead of p
 
 Python steps: about 2 sqrt(T) instead of T. Equation, shapes and dtypes as :func:`fpcore.linear_scan`;
 fp16/bf16 are computed in float32 and returned in the input dtype.
+
+Overflow. The loop never forms a product of gates; phases 2 and 3 do, and the product of many gates can
+overflow where the recurrence does not: with a = 1.1 and b = 0 the state stays 0, but the product over a
+long span is inf and the fix-up's inf * 0 is NaN; with a tiny h0 the product is inf where the state is
+finite. So a level whose chunk products are not all finite (checked on [B, C, D], a 1/L-th of the data)
+answers with the plain loop instead, at the loop's speed; where the state itself overflows (a carry is
+inf), every chunk steps from its incoming state (L more steps) instead of the fix-up. Either way the
+answer is the loop's, overflow included; only such inputs pay.
 """
 
 from __future__ import annotations
@@ -40,15 +48,31 @@ def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, *, reverse: 
     return _forward(a, b, h0).to(out_dtype)
 
 
+def _loop(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """The step loop over [B, T, D], T Python steps (short sequences, and the overflow fall-back)."""
+    B, T, D = a.shape
+    h = torch.zeros(B, D, dtype=a.dtype, device=a.device) if h0 is None else h0
+    out = torch.empty_like(b)
+    for t in range(T):
+        h = torch.addcmul(b[:, t], a[:, t], h)
+        out[:, t] = h
+    return out
+
+
+def _rescan(a4: torch.Tensor, b4: torch.Tensor, carry_in: torch.Tensor) -> torch.Tensor:
+    """Phase 3 by the loop instead of the fix-up: every chunk steps from its incoming state, [B, C, L, D]."""
+    out = torch.empty_like(b4)
+    h = carry_in
+    for s in range(b4.shape[2]):
+        h = torch.addcmul(b4[:, :, s], a4[:, :, s], h)
+        out[:, :, s] = h
+    return out
+
+
 def _forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     B, T, D = a.shape
     if T <= _SMALL_T:
-        h = torch.zeros(B, D, dtype=a.dtype, device=a.device) if h0 is None else h0
-        out = torch.empty_like(b)
-        for t in range(T):
-            h = torch.addcmul(b[:, t], a[:, t], h)
-            out[:, t] = h
-        return out
+        return _loop(a, b, h0)
     L = chunk_length(T)
     C = -(-T // L)
     pad = C * L - T
@@ -67,12 +91,18 @@ def _forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch
         h = torch.addcmul(b4[:, :, s], a4[:, :, s], h)
         p = p * a4[:, :, s]
         local[:, :, s], prod[:, :, s] = h, p
+    if not bool(torch.isfinite(prod[:, :, -1]).all()):  # a chunk's gate product overflowed: see the module doc
+        return _loop(a, b, h0)[:, :T]
     # phase 2: the state at the end of each chunk, by scanning the chunk carries (recursively)
     ends = _forward(prod[:, :, -1].contiguous(), local[:, :, -1].contiguous(), h0)  # (B, C, D)
     carry_in = torch.zeros_like(ends)
     carry_in[:, 1:] = ends[:, :-1]
     if h0 is not None:
         carry_in[:, 0] = h0
+    if not bool(torch.isfinite(carry_in).all()):  # the state itself overflowed: 0 * inf would give NaN
+        if bool(carry_in.isnan().any()):  # already NaN (inf * 0 among the chunk carries, or NaN inputs)
+            return _loop(a, b, h0)[:, :T]
+        return _rescan(a4, b4, carry_in).view(B, C * L, D)[:, :T]  # loop semantics inside every chunk
     # phase 3: fix up every step with its chunk's incoming state
     h = torch.addcmul(local, prod, carry_in[:, :, None, :])  # (B, C, L, D)
     return h.view(B, C * L, D)[:, :T]
