@@ -7,7 +7,7 @@ once; they differ only in the step:
     "jacobi"        S <- F(S)                                     (paper A)     fpcore.fixed_point.jacobi
     "quasi_newton"  S <- S + d, d_t = diag(J_t) d_{t-1} + r_t     (quasi-DEER)  ... .quasi_newton
     "newton"        S <- S + d, d_t = J_t d_{t-1} + r_t           (DEER)        ... .newton
-    "damped"        Newton with J shrunk by a trust region alpha  (Levenberg-M.) ... .damped
+    "damped"        Newton with J shrunk by a trust region alpha  (LM damping) ... .damped
     "block_jacobi"  the loop inside blocks of M steps, Jacobi across them       ... .block_jacobi
 
 (r = F(S) - S.) All are causal: an iteration makes at least one more position exact (block Jacobi: one
