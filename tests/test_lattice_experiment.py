@@ -15,7 +15,7 @@ from fpcore.models.lm import RNNLM
 
 @pytest.fixture(scope="module")
 def scorers():
-    trigram = NGramLM(VOCAB, [markov_stream(3000)], order=3)
+    trigram = NGramLM(VOCAB, [markov_stream(3000)], n=3)
     torch.manual_seed(0)
     lstm = TorchLM(RNNLM(len(WORDS), 8, 1, init_range=0.6).eval(), VOCAB)
     return trigram, lstm
@@ -32,12 +32,12 @@ def problem(n: int = 4):
 def test_evaluate_reports_every_method_and_the_exact_gap(scorers):
     trigram, lstm = scorers
     lattices, refs = problem()
-    res = lx.evaluate(lattices, refs, exact=trigram, recurrent=lstm, nbest_n=5, merge_order=2, progress=False)
-    assert list(res["methods"]) == lx.method_names(5, 2)
+    res = lx.evaluate(lattices, refs, exact=trigram, recurrent=lstm, nbest_n=5, merge_history=1, progress=False)
+    assert list(res["methods"]) == lx.method_names(5, 1)
     assert res["complete"] and res["lattices"] == 4 and res["reference_words"] == sum(map(len, refs))
     m = res["methods"]
     assert m["finite-order exact"]["discrepancy"]["max_abs"] < 1e-9
-    assert m["BPTT merged (order 2)"]["discrepancy"]["paths"] > 0
+    assert m["BPTT merged (1-token histories)"]["discrepancy"]["paths"] > 0
     assert all(m["oracle"]["errors"] <= v["errors"] for v in m.values())
     exact, listed = res["best_totals"]["exact"], res["best_totals"]["nbest"]
     assert all(e >= b - 1e-9 for e, b in zip(exact, listed))

@@ -20,9 +20,9 @@ from fpcore.lattice import (
     discrepancy,
     expand,
     hypothesis,
-    model_order,
     nbest,
     oracle,
+    order_of,
     path_tokens,
     read_slf,
     rescore_exact,
@@ -51,7 +51,7 @@ def markov_stream(n: int, seed: int = 0) -> list[int]:
 
 @pytest.fixture(scope="module")
 def trigram() -> NGramLM:
-    return NGramLM(VOCAB, [markov_stream(3000)], order=3)
+    return NGramLM(VOCAB, [markov_stream(3000)], n=3)
 
 
 def random_lattice(seed: int, slots: int = 5, end_marker: bool = True) -> Lattice:
@@ -111,9 +111,33 @@ def tiny_model(method: str, iters: int | None, layers: int, cell: str = "lstm", 
     "method, iters, layers, order",
     [("truncated", 3, 2, 5), ("jacobi", 4, 1, 4), ("truncated", 1, 1, 1), ("bptt", None, 2, None)],
 )
-def test_model_order(method, iters, layers, order):
-    assert model_order(tiny_model(method, iters, layers)) == order
-    assert TorchLM(tiny_model(method, iters, layers), VOCAB).context == order
+def test_order_of(method, iters, layers, order):
+    assert order_of(tiny_model(method, iters, layers)) == order
+    assert TorchLM(tiny_model(method, iters, layers), VOCAB).order == order
+
+
+class WithOwnScorer(RNNLM):
+    """A model that states its order and scores histories itself, as fpcore's RNNLM does in newer versions."""
+
+    calls = 0
+
+    @property
+    def order(self):
+        return 3
+
+    def next_log_probs(self, histories, *, batch_size=512):
+        WithOwnScorer.calls += 1
+        return torch.log_softmax(self(histories, None)[0][:, -1], -1)
+
+
+def test_torch_lm_uses_the_model_s_own_order_and_history_scorer():
+    torch.manual_seed(0)
+    model = WithOwnScorer(len(WORDS), 8, 1, method="truncated", iters=3, init_range=0.6).eval()
+    lm = TorchLM(model, VOCAB)
+    assert lm.order == 3
+    res = rescore_exact(random_lattice(3), lm)
+    assert WithOwnScorer.calls > 0
+    assert all_paths_gap(res.lattice, lm).abs().max() <= 1e-5
 
 
 def test_torch_lm_step_agrees_with_its_sentence_score():
@@ -184,7 +208,7 @@ def test_exact_rescoring_with_a_finite_order_network_matches_every_sentence(meth
     lm = TorchLM(tiny_model(method, iters, layers, cell, seed=seed), VOCAB)
     lat = random_lattice(100 + seed, slots=6)
     res = rescore_exact(lat, lm)
-    assert res.expansion.order == lm.context + 1
+    assert res.expansion.order == lm.order + 1
     gap = all_paths_gap(res.lattice, lm)
     assert gap.numel() == lat.num_paths() and gap.abs().max() <= 1e-5
 
@@ -193,7 +217,7 @@ class Shortsighted:
     """A finite-order model that claims one token less context than it uses (to watch exactness break)."""
 
     def __init__(self, lm: TorchLM):
-        self.lm, self.vocab, self.context = lm, lm.vocab, lm.context - 1
+        self.lm, self.vocab, self.order = lm, lm.vocab, lm.order - 1
 
     def next_logprobs(self, histories):
         return self.lm.next_logprobs(histories)
@@ -226,9 +250,9 @@ def test_a_real_slf_lattice_goes_through_the_same_path(trigram, tmp_path):
 def test_merged_rescoring_is_exact_without_merges_and_not_with_them():
     lm = TorchLM(tiny_model("bptt", None, 2, seed=3), VOCAB)
     lat = random_lattice(11, slots=6)
-    no_merge = rescore_merged(lat, lm, order=20)  # histories longer than any path: nothing merges
+    no_merge = rescore_merged(lat, lm, history=20)  # histories longer than any path: nothing merges
     assert all_paths_gap(no_merge.lattice, lm).abs().max() <= 1e-9
-    merged = rescore_merged(lat, lm, order=2)
+    merged = rescore_merged(lat, lm, history=1)
     gap = all_paths_gap(merged.lattice, lm)
     assert gap.abs().max() > 1e-4  # some path was scored from another history's state
     # the path whose states were kept at every node (the lattice's best) is scored exactly
@@ -250,7 +274,7 @@ def test_nbest_rescoring_scores_sentences_exactly(trigram):
 # -- synthetic lattices ------------------------------------------------------------------------------------------------
 def make_synth(words, seed=0, **noise):
     similar = synth.SimilarWords(WORDS, pool=4, exclude=["<eos>", "<unk>"])
-    first = NGramLM(VOCAB, [markov_stream(2000)], order=2)
+    first = NGramLM(VOCAB, [markov_stream(2000)], n=2)
     return synth.synthesize(
         words,
         first_pass=first,
@@ -293,7 +317,7 @@ def test_similar_words_share_spelling():
 
 
 def test_lattice_sets_and_references_round_trip(tmp_path):
-    first = NGramLM(VOCAB, [markov_stream(2000)], order=2)
+    first = NGramLM(VOCAB, [markov_stream(2000)], n=2)
     refs = [["the", "cat"], ["we", "see", "it"]]
     from collections import Counter
 

@@ -4,7 +4,7 @@ r"""Word lattices and their rescoring by language models of finite and unbounded
     lat.best_path().words, nbest(lat, 100)
     exp = expand(lat, order=3); exp.report()           # every node gets a unique 2-token history
     res = rescore_exact(lat, TorchLM(model, vocab))    # a finite-order model: exact
-    res = rescore_merged(lat, TorchLM(lstm, vocab), order=4)   # a recurrent model: merged histories
+    res = rescore_merged(lat, TorchLM(lstm, vocab), history=3)  # a recurrent model: merged histories
     hyps = rescore_nbest(lat, TorchLM(lstm, vocab), n=100)     # a recurrent model: N-best
     errors, path = oracle(lat, reference)
 
@@ -47,7 +47,7 @@ from fpcore.lattice.scorers import (
     RecurrentLM,
     TorchLM,
     Vocabulary,
-    model_order,
+    order_of,
 )
 from fpcore.lattice.slf import SLFError, read_slf, write_slf
 
@@ -72,7 +72,7 @@ __all__ = [
     "Vocabulary",
     "NGramLM",
     "TorchLM",
-    "model_order",
+    "order_of",
     "Rescored",
     "RescoredPath",
     "with_sentence_end",

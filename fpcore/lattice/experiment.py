@@ -70,7 +70,7 @@ class LatticePlan:
     sentences: int | None  # None: the whole test set
     models: dict[str, dict[str, Any]]
     nbest_n: int = 100
-    merge_order: int = 3
+    merge_history: int = 2
     check_paths: int = 10
     noise: NoiseModel = field(default_factory=NoiseModel)
     seed: int = 0
@@ -179,7 +179,7 @@ def lattice_set(
     ) != len(words):
         train = corpus.train[: plan.first_pass_tokens] if plan.first_pass_tokens else corpus.train
         train_list = train.tolist()
-        first_pass = NGramLM(vocab, [train_list], order=plan.noise.first_pass_order)
+        first_pass = NGramLM(vocab, [train_list], n=plan.noise.first_pass_n)
         write_lattice_set(
             words,
             directory,
@@ -208,9 +208,11 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def method_names(nbest_n: int, merge_order: int, recurrent: bool = True) -> list[str]:
+def method_names(nbest_n: int, merge_history: int, recurrent: bool = True) -> list[str]:
     names = ["lattice 1-best", "oracle", "finite-order exact", f"finite-order N-best (N={nbest_n})"]
-    return names + ([f"BPTT N-best (N={nbest_n})", f"BPTT merged (order {merge_order})"] if recurrent else [])
+    return names + (
+        [f"BPTT N-best (N={nbest_n})", f"BPTT merged ({merge_history}-token histories)"] if recurrent else []
+    )
 
 
 def evaluate_one(
@@ -220,13 +222,13 @@ def evaluate_one(
     exact: FiniteOrderLM,
     recurrent: RecurrentLM | None = None,
     nbest_n: int = 100,
-    merge_order: int = 3,
+    merge_history: int = 2,
     check_paths: int = 10,
 ) -> dict[str, Any]:
     """Every method on one lattice: {"hyp": {method: words}, "gap": {method: [lattice - sentence LM score of
     the check_paths best paths]}, "seconds": {method: s}, "sizes": {...}, "search_error": bool}."""
     vocab = exact.vocab
-    names = method_names(nbest_n, merge_order, recurrent is not None)
+    names = method_names(nbest_n, merge_history, recurrent is not None)
     row: dict[str, Any] = {"hyp": {}, "gap": {}, "seconds": dict.fromkeys(names, 0.0)}
 
     def timed(name: str, fn):
@@ -256,7 +258,7 @@ def evaluate_one(
     if recurrent is not None:
         listed = timed(names[4], lambda: rescore_nbest(lat, recurrent, nbest_n))
         row["hyp"][names[4]] = hypothesis(listed[0].path, vocab)
-        merged = timed(names[5], lambda: rescore_merged(lat, recurrent, order=merge_order))
+        merged = timed(names[5], lambda: rescore_merged(lat, recurrent, history=merge_history))
         row["hyp"][names[5]] = hypothesis(merged.best(), vocab)
         row["gap"][names[5]] = discrepancy(merged.lattice, recurrent, nbest(merged.lattice, check_paths)).tolist()
         row["sizes"].update(merged_nodes=len(merged.lattice.nodes), merged_arcs=len(merged.lattice.arcs))
@@ -270,7 +272,7 @@ def evaluate(
     exact: FiniteOrderLM,
     recurrent: RecurrentLM | None = None,
     nbest_n: int = 100,
-    merge_order: int = 3,
+    merge_history: int = 2,
     check_paths: int = 10,
     cache: str | os.PathLike | None = None,
     fingerprint: str = "",
@@ -312,7 +314,7 @@ def evaluate(
             exact=exact,
             recurrent=recurrent,
             nbest_n=nbest_n,
-            merge_order=merge_order,
+            merge_history=merge_history,
             check_paths=check_paths,
         )
         row["utt"] = _utt(lat, i)
@@ -321,7 +323,7 @@ def evaluate(
             with path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
     done = [(rows[_utt(lat, i)], ref) for i, (lat, ref) in enumerate(zip(lattices, refs)) if _utt(lat, i) in rows]
-    names = method_names(nbest_n, merge_order, recurrent is not None)
+    names = method_names(nbest_n, merge_history, recurrent is not None)
     methods: dict[str, dict[str, Any]] = {}
     for name in names:
         errors, words = word_errors([r for _, r in done], [row["hyp"][name] for row, _ in done])
@@ -501,7 +503,7 @@ def run(
         exact=exact,
         recurrent=recurrent,
         nbest_n=plan.nbest_n,
-        merge_order=plan.merge_order,
+        merge_history=plan.merge_history,
         check_paths=plan.check_paths,
         cache=directory / f"evaluation_{plan.name}.jsonl",
         fingerprint=fingerprint,

@@ -5,10 +5,11 @@ Rescoring replaces every arc's LM score ``l`` by the new model's log-probability
 the path's history (null arcs get 0); acoustic scores and the scales stay. Three ways:
 
 ============================ ===================================================================================
-:func:`rescore_exact`        a :class:`FiniteOrderLM` with ``context = c``: expand the lattice to order c + 1 (every
-                             node has a unique c-token history), score every arc once. Every path's lattice LM
-                             score is then the model's score of that sentence (paper A's claim, arXiv 2106.02417).
-:func:`rescore_merged`       a :class:`RecurrentLM`: expand to a chosen order, run the recurrence along the
+:func:`rescore_exact`        a :class:`FiniteOrderLM` of order n (it reads n tokens): expand the lattice until
+                             every node has a unique n-token history (n-gram order n + 1), score every arc once.
+                             Every path's lattice LM score is then the model's score of that sentence (paper A's
+                             claim, arXiv 2106.02417).
+:func:`rescore_merged`       a :class:`RecurrentLM`: expand to a chosen history, run the recurrence along the
                              expanded lattice and keep, at every node, the state of its best incoming path only
                              (n-gram history clustering; Liu et al., ICASSP 2014 and IEEE/ACM TASLP 2016). Paths
                              whose own history was merged away get a score computed from another history.
@@ -98,15 +99,16 @@ def _contexts(history: tuple, bos: int, c: int) -> tuple[int, ...]:
 
 
 def rescore_exact(lattice: Lattice, lm: FiniteOrderLM, *, batch_size: int = 512) -> Rescored:
-    """Expand ``lattice`` to order ``lm.context + 1`` and put ``lm``'s log-probability on every arc.
+    """Expand ``lattice`` to unique ``lm.order``-token histories (``expand(lattice, lm.order + 1)``) and put
+    ``lm``'s log-probability on every arc.
 
     Exact: every path of the result has LM score = ``lm.sentence_logprobs`` of its sentence (to rounding).
     The model is called once per distinct (node history), in batches of ``batch_size`` histories of equal
     length (:meth:`FiniteOrderLM.next_logprobs`).
     """
-    c = getattr(lm, "context", None)
+    c = getattr(lm, "order", None)
     if not isinstance(c, int):
-        raise TypeError(f"{lm!r} is not of finite order (no integer .context): use rescore_merged or rescore_nbest")
+        raise TypeError(f"{lm!r} is not of finite order (no integer .order): use rescore_merged or rescore_nbest")
     vocab = lm.vocab
     exp = expand(with_sentence_end(lattice, vocab), c + 1, token=vocab.token)
     lat = exp.lattice
@@ -140,17 +142,18 @@ def rescore_exact(lattice: Lattice, lm: FiniteOrderLM, *, batch_size: int = 512)
     return Rescored(lattice=lat.with_lm_scores(new_lm.tolist()), expansion=exp)
 
 
-def rescore_merged(lattice: Lattice, lm: RecurrentLM, *, order: int) -> Rescored:
-    """Approximate rescoring by a recurrent model: expand to ``order``, then walk the nodes in topological
+def rescore_merged(lattice: Lattice, lm: RecurrentLM, *, history: int) -> Rescored:
+    """Approximate rescoring by a recurrent model: expand to unique ``history``-token histories (``expand(lattice,
+    history + 1)``: paths that share their last ``history`` tokens merge), then walk the nodes in topological
     order; each node keeps the state of its best incoming path (Viterbi by the new scores), and the arcs that
     leave it are scored from that state. Nodes at the same depth are stepped as one batch.
 
-    With ``order`` large enough that no two histories merge, this is exact; below that, a path whose history
+    With ``history`` long enough that no two paths merge, this is exact; below that, a path whose history
     lost a merge is scored from the winner's state (the lattice-vs-sentence discrepancy it causes is measured
     by :func:`discrepancy`).
     """
     vocab = lm.vocab
-    exp = expand(with_sentence_end(lattice, vocab), order, token=vocab.token)
+    exp = expand(with_sentence_end(lattice, vocab), history + 1, token=vocab.token)
     lat = exp.lattice
     tokens = [vocab.token(a.word) for a in lat.arcs]
     into = lat.in_arcs()

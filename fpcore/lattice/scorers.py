@@ -8,11 +8,12 @@ Every model scores sentences in natural log, from a start-of-sentence history ``
 
 Two kinds of model, two protocols:
 
-- :class:`FiniteOrderLM`: the next-token distribution depends on the last ``context`` tokens only (an
-  n-gram of order ``context + 1``). ``next_logprobs(histories)`` gives it for a batch of histories at once.
-  A lattice expanded to order ``context + 1`` is rescored exactly by it. Paper A's approximate fixed points
-  (arXiv 2106.02417) and paper B's truncated models (arXiv 1805.10369) are such models: an L-layer model whose
-  every layer sees its last k inputs reads ``n = L(k - 1) + 1`` tokens, so ``context = n``.
+- :class:`FiniteOrderLM` of order n (``.order``, the series' notation): the next-token distribution reads the
+  last n tokens only, an (n + 1)-gram in n-gram terms. ``next_logprobs(histories)`` gives it for a batch of
+  histories at once. A lattice expanded so that every node has a unique n-token history
+  (``expand(lattice, n + 1)``) is rescored exactly by it. Paper A's approximate fixed points (arXiv 2106.02417:
+  k Jacobi iterations per layer from the zero start, order L(k - 1) + 1 for L layers) and paper B's truncated
+  models (arXiv 1805.10369) are such models.
 - :class:`RecurrentLM`: a state carried from token to token (an LSTM trained by BPTT), unbounded history.
   ``step(tokens, state)`` advances a batch of states by one token.
 
@@ -42,7 +43,7 @@ __all__ = [
     "Vocabulary",
     "NGramLM",
     "TorchLM",
-    "model_order",
+    "order_of",
 ]
 
 START_WORDS = frozenset({"<s>", "!SENT_START"})
@@ -105,14 +106,13 @@ class LanguageModel(Protocol):
 
 @runtime_checkable
 class FiniteOrderLM(LanguageModel, Protocol):
-    """A model whose next-token distribution depends on the last ``context`` tokens only."""
+    """A model of order n: its next-token distribution reads the last ``order`` = n tokens only."""
 
-    context: int
+    order: int
 
     def next_logprobs(self, histories: Tensor) -> Tensor:
-        """histories [B, h] (token ids, 1 <= h <= context, the history's last h tokens; shorter than
-        ``context`` only at the start of a sentence, where it begins with bos) -> log P(next | history),
-        [B, V] float64."""
+        """histories [B, h] (token ids, h <= order: the last h tokens read; shorter than ``order`` only at the
+        start of a sentence, where it begins with bos) -> log P(next | history), [B, V] float64."""
         ...
 
 
@@ -136,7 +136,8 @@ class RecurrentLM(LanguageModel, Protocol):
 
 # -- a counted n-gram model --------------------------------------------------------------------------------------
 class NGramLM:
-    r"""Interpolated absolute discounting (Ney, Essen & Kneser 1994), order ``order``, counted from token ids:
+    r"""An ``n``-gram model (order ``n - 1`` in this series' notation: it reads the last n - 1 tokens) with
+    interpolated absolute discounting (Ney, Essen & Kneser 1994), counted from token ids:
 
     .. math:: P(w \mid h) = \frac{\max(c(h w) - D, 0)}{c(h)} + \frac{D \, N_{1+}(h \cdot)}{c(h)} P(w \mid h'),
 
@@ -149,13 +150,14 @@ class NGramLM:
     :meth:`sentence_logprobs` adds up; :meth:`next_logprobs` builds whole rows [B, V] with tensors.
     """
 
-    def __init__(self, vocab: Vocabulary, streams: Iterable[Sequence[int]], *, order: int = 3, discount: float = 0.75):
-        if order < 1:
-            raise ValueError(f"order must be >= 1, got {order}")
+    def __init__(self, vocab: Vocabulary, streams: Iterable[Sequence[int]], *, n: int = 3, discount: float = 0.75):
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
         if not 0 < discount < 1:
             raise ValueError(f"discount must be in (0, 1), got {discount}")
-        self.vocab, self.order, self.discount = vocab, order, discount
-        self.context = order - 1
+        self.vocab, self.n, self.discount = vocab, n, discount
+        self.order = n - 1  # the tokens its next-token distribution reads
+        order = n
         V = len(vocab)
         self.counts: list[Counter] = [Counter() for _ in range(order)]  # counts[n][(h..., w)] for n-token history
         for stream in streams:
@@ -186,11 +188,11 @@ class NGramLM:
 
     def __repr__(self) -> str:
         grams = ", ".join(f"{len(c):,}" for c in self.counts)
-        return f"NGramLM(order={self.order}, V={len(self.vocab):,}, n-grams by order: {grams})"
+        return f"NGramLM(n={self.n}, V={len(self.vocab):,}, counts of 1..n-grams: {grams})"
 
     def logprob(self, history: Sequence[int], word: int) -> float:
-        """log P(word | history); only the last ``order - 1`` tokens of ``history`` matter."""
-        h = tuple(history)[-self.context :] if self.context else ()
+        """log P(word | history); only the last ``order`` = n - 1 tokens of ``history`` matter."""
+        h = tuple(history)[-self.order :] if self.order else ()
         return math.log(self._prob(h, word))
 
     def _prob(self, h: tuple[int, ...], w: int) -> float:
@@ -205,11 +207,11 @@ class NGramLM:
         return max(c - D, 0) / total + D * self.hist_types[n][h] / total * lower
 
     def next_logprobs(self, histories: Tensor) -> Tensor:
-        if histories.dim() != 2 or not 1 <= histories.shape[1] <= max(self.context, 1):
-            raise ValueError(f"histories must be [B, h] with 1 <= h <= {self.context}, got {tuple(histories.shape)}")
+        if histories.dim() != 2 or histories.shape[1] > max(self.order, 1):
+            raise ValueError(f"histories must be [B, h] with h <= {self.order}, got {tuple(histories.shape)}")
         rows = []
         for hist in histories.tolist():
-            h = tuple(hist)[-self.context :] if self.context else ()
+            h = tuple(hist)[-self.order :] if self.order else ()
             row = self._unigram.clone()
             for n in range(1, len(h) + 1):  # from the shortest history up, each order interpolates the one below
                 sub = h[len(h) - n :]
@@ -232,12 +234,12 @@ class NGramLM:
 
 
 # -- fpcore's RNNLM -----------------------------------------------------------------------------------------------
-def model_order(model: torch.nn.Module) -> int | None:
-    """The number of tokens the output at t reads (x_{t-n+1..t}) for a finite-order RNNLM, None if unbounded.
+def order_of(model: torch.nn.Module) -> int | None:
+    """The order n of an RNNLM (the logits at t read x_{t-n+1..t}), None if unbounded.
 
-    Uses ``model.order`` when the model states it; otherwise: "truncated" and "jacobi" evaluated from a zero
-    state over one window are of order L(k - 1) + 1 (each of the L layers sees its last k inputs), every other
-    method is recurrent (unbounded).
+    ``model.order`` when the model states it; otherwise (models without that attribute, whose "truncated" and
+    "jacobi" truncate each layer separately when run from a zero state over one window) L(k - 1) + 1 for those
+    two methods, None (recurrent) for every other.
     """
     order = getattr(model, "order", None)
     if isinstance(order, int):
@@ -252,10 +254,10 @@ class TorchLM:
     """An :class:`fpcore.models.lm.RNNLM` as a lattice scorer (float64 by default, evaluation mode, no
     gradients; the wrapped model is copied, never changed).
 
-    - ``context``: :func:`model_order` of the model (None for a recurrent model: it then has no
+    - ``order``: :func:`order_of` the model (None for a recurrent model: it then has no
       ``next_logprobs``, and :func:`fpcore.lattice.rescore_exact` refuses it);
-    - ``next_logprobs(histories)``: one forward pass over the histories from a zero state, the last position's
-      log-softmax;
+    - ``next_logprobs(histories)``: the model's own ``next_log_probs`` when it has one, else one forward pass
+      over the histories from a zero state and the last position's log-softmax;
     - ``sentence_logprobs``: one forward pass per batch of sentences (bos + words, right-padded), summed
       log-probabilities of words + eos: the model's own score of each sentence;
     - ``step`` / ``select``: the recurrence one token at a time (models evaluated by "bptt", or the exact
@@ -270,20 +272,23 @@ class TorchLM:
         self.vocab, self.dtype, self.batch_size = vocab, dtype, batch_size
         self.model = copy.deepcopy(model).to(dtype).eval()
         self.device = next(self.model.parameters()).device
-        self.context = model_order(self.model)
+        self.order = order_of(self.model)
         self.method = getattr(self.model, "method", "bptt")
 
     def __repr__(self) -> str:
         describe = getattr(self.model, "describe", None)
         name = describe() if callable(describe) else type(self.model).__name__
-        return f"TorchLM({name}, context={self.context})"
+        return f"TorchLM({name}, order={self.order})"
 
     @torch.no_grad()
     def next_logprobs(self, histories: Tensor) -> Tensor:
-        if self.context is None:
+        if self.order is None:
             raise TypeError(f"{self!r} has unbounded history: no next-token function of a finite history")
-        if histories.dim() != 2 or not 1 <= histories.shape[1] <= self.context:
-            raise ValueError(f"histories must be [B, h] with 1 <= h <= {self.context}, got {tuple(histories.shape)}")
+        if histories.dim() != 2 or not 1 <= histories.shape[1] <= self.order:
+            raise ValueError(f"histories must be [B, h] with 1 <= h <= {self.order}, got {tuple(histories.shape)}")
+        native = getattr(self.model, "next_log_probs", None)
+        if callable(native):  # the model's own function for this (fpcore's RNNLM states its order and has one)
+            return native(histories.to(self.device), batch_size=self.batch_size).double()
         out = []
         for part in histories.to(self.device).split(self.batch_size):
             logits, _ = self.model(part, None)  # (b, h, V), from a zero state

@@ -20,7 +20,7 @@ acoustically; a deletion :math:`a = -\mu_{del} - \sigma \epsilon`; an inserted w
 :math:`a = -\mu_{ins} - \sigma \epsilon`. Defaults: ``margin`` :math:`\mu` = 4, ``noise`` :math:`\sigma` = 2.5,
 ``deletion_cost`` = 4, ``insertion_cost`` = 3.
 
-**First-pass LM scores**: an n-gram model (:class:`fpcore.lattice.NGramLM`, order ``first_pass_order`` [2], counted
+**First-pass LM scores**: an n-gram model (:class:`fpcore.lattice.NGramLM`, ``n = first_pass_n`` [2], counted
 on the training text) scores every arc, as the decoder that made a real lattice would; the lattice is expanded
 to that order first, so that each arc's history is unique, as in a real n-gram decoder's lattice. The last arc
 of every path is ``</s>`` (the model's end-of-sentence probability). Node times: 0.3 s per slot. Header:
@@ -71,15 +71,15 @@ class NoiseModel:
     noise: float = 2.5
     deletion_cost: float = 4.0
     insertion_cost: float = 3.0
-    first_pass_order: int = 2
+    first_pass_n: int = 2
     seconds_per_slot: float = 0.3
 
     def __post_init__(self):
         for name in ("p_missing", "p_confusion", "p_deletion", "p_insertion"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
-        for name in ("max_confusions", "pool", "insertion_pool", "first_pass_order"):
-            if getattr(self, name) < (1 if name == "first_pass_order" else 0):
+        for name in ("max_confusions", "pool", "insertion_pool", "first_pass_n"):
+            if getattr(self, name) < (1 if name == "first_pass_n" else 0):
                 raise ValueError(f"{name} is too small: {getattr(self, name)}")
 
 
@@ -171,7 +171,7 @@ def synthesize(
 def _first_pass_scores(lattice: Lattice, lm: NGramLM) -> Lattice:
     """Expand to the first-pass model's order and put its log-probabilities on the arcs."""
     vocab = lm.vocab
-    exp = expand(lattice, lm.order, token=vocab.token)
+    exp = expand(lattice, lm.n, token=vocab.token)
     lat = exp.lattice
     scores = []
     for arc in lat.arcs:
