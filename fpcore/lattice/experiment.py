@@ -429,7 +429,7 @@ def describe(plan: LatticePlan, models: dict[str, tuple[Any, dict]] | None = Non
     return " vs ".join(parts)
 
 
-def growth(lattices: Sequence[Lattice], vocab: Vocabulary, orders: Sequence[int] = (1, 2, 3, 4, 5)) -> dict[str, list]:
+def growth(lattices: Sequence[Lattice], vocab: Vocabulary, orders: Sequence[int] = (1, 2, 3, 4, 5)) -> dict[str, Any]:
     """Total nodes and arcs of ``lattices`` expanded to each order (histories of LM tokens, as rescoring does)."""
     from fpcore.lattice.core import expand
     from fpcore.lattice.rescore import with_sentence_end

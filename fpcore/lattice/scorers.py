@@ -106,9 +106,10 @@ class LanguageModel(Protocol):
 
 @runtime_checkable
 class FiniteOrderLM(LanguageModel, Protocol):
-    """A model of order n: its next-token distribution reads the last ``order`` = n tokens only."""
+    """A model of order n: its next-token distribution reads the last ``order`` = n tokens only (an adapter
+    whose model turns out recurrent may say None; :func:`fpcore.lattice.rescore_exact` then refuses it)."""
 
-    order: int
+    order: int | None
 
     def next_logprobs(self, histories: Tensor) -> Tensor:
         """histories [B, h] (token ids, h <= order: the last h tokens read; shorter than ``order`` only at the
@@ -324,7 +325,8 @@ class TorchLM:
         stepper = getattr(self, "_bptt", None)
         if stepper is None:
             stepper = copy.deepcopy(self.model)
-            stepper.method = "bptt"  # same weights; torch.nn's layer computes the exact recurrence step by step
+            # same weights; torch.nn's layer steps the exact recurrence (Module.__setattr__ is typed for tensors)
+            stepper.method = "bptt"  # type: ignore[assignment]
             self._bptt = stepper
         return stepper
 

@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from fpcore.lattice.core import Arc, Lattice, Node, expand
 from fpcore.lattice.scorers import NGramLM, Vocabulary
@@ -176,13 +177,15 @@ def _first_pass_scores(lattice: Lattice, lm: NGramLM) -> Lattice:
     scores = []
     for arc in lat.arcs:
         t = vocab.token(arc.word)
-        scores.append(0.0 if t is None else lm.logprob((vocab.bos, *exp.history[arc.start]), t))
+        history = cast(tuple[int, ...], exp.history[arc.start])  # token ids: vocab.token made them
+        scores.append(0.0 if t is None else lm.logprob((vocab.bos, *history), t))
     return lat.with_lm_scores(scores)
 
 
 def sentences(tokens: Sequence[int], eos: int) -> list[list[int]]:
     """Split a token stream (one eos after each sentence, as fpcore's corpora) into sentences without eos."""
-    out, cur = [], []
+    out: list[list[int]] = []
+    cur: list[int] = []
     for t in tokens:
         if t == eos:
             out.append(cur)
