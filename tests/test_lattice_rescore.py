@@ -326,3 +326,10 @@ def test_lattice_sets_and_references_round_trip(tmp_path):
     pairs = list(synth.iter_pairs(tmp_path))
     assert [r for _, _, r in pairs] == refs and all(read_slf(p).utterance == u for u, p, _ in pairs)
     assert "p_missing=0.04" in (tmp_path / "noise_model.txt").read_text()
+    before = read_slf(paths[1])
+    paths[0].unlink()  # a missing lattice is made again, the same
+    again = synth.write_lattice_set(refs, tmp_path, first_pass=first, train_counts=Counter(markov_stream(100)))
+    assert read_slf(again[1]) == before and paths[0].exists()
+    noisier = synth.NoiseModel(noise=9.0)  # other settings: every lattice is rewritten
+    synth.write_lattice_set(refs, tmp_path, first_pass=first, train_counts=Counter(), noise=noisier)
+    assert read_slf(paths[1]) != before and "noise=9.0" in (tmp_path / "noise_model.txt").read_text()

@@ -169,7 +169,9 @@ def lattice_set(
     lattice set would be read. Returns (lattices, reference word lists, directory)."""
     vocab = Vocabulary(corpus.vocab)
     if directory is None:
-        directory = _results.REPO_ROOT / "build" / "lattices" / f"{plan.name}_seed{plan.seed}"
+        # the lattice of test sentence i depends on (seed, i) only: every test-set size shares one directory
+        tag = "ptb_test" if plan.recorded else plan.name
+        directory = _results.REPO_ROOT / "build" / "lattices" / f"{tag}_seed{plan.seed}"
     directory = Path(directory)
     refs = sentences(corpus.test.tolist(), vocab.eos)
     refs = refs[: plan.sentences] if plan.sentences else refs
@@ -494,9 +496,9 @@ def run(
     lattices, refs, directory = lattice_set(plan, corpus, progress=progress)
     dtype = getattr(torch, plan.dtype)
     exact, recurrent = (TorchLM(models[w][0], vocab, dtype=dtype) for w in ("finite", "bptt"))
-    fingerprint = json.dumps(
-        {"models": [plan.run_name(w) for w in ("finite", "bptt")], "plan": dataclasses.asdict(plan)}, default=str
-    )
+    # what a lattice's outcome depends on (not the test-set size: a larger run reuses a smaller one's lattices)
+    same = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("name", "sentences")}
+    fingerprint = json.dumps({"models": [plan.run_name(w) for w in ("finite", "bptt")], "plan": same}, default=str)
     result = evaluate(
         lattices,
         refs,
@@ -505,7 +507,7 @@ def run(
         nbest_n=plan.nbest_n,
         merge_history=plan.merge_history,
         check_paths=plan.check_paths,
-        cache=directory / f"evaluation_{plan.name}.jsonl",
+        cache=directory / "evaluation.jsonl",
         fingerprint=fingerprint,
         max_seconds=left(),
         progress=progress,

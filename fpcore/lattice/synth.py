@@ -217,19 +217,23 @@ def write_lattice_set(
 ) -> list[Path]:
     """Write one gzip SLF lattice per reference sentence into ``directory`` (``<prefix>-<index>.lat.gz``) and
     the references to ``references.txt`` (``utterance<TAB>words``), plus ``noise_model.txt`` with the
-    parameters and seed. Files already there are rewritten only if missing (same seed, same lattice)."""
+    parameters, the seed and the first-pass model. A lattice already there is kept when those are unchanged
+    (it would come out the same); otherwise every lattice is rewritten."""
     from tqdm.auto import tqdm
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = first_pass.vocab
+    params = "\n".join(f"{k}={v}" for k, v in {**asdict(noise), "seed": seed, "first_pass": first_pass}.items())
+    stamp = directory / "noise_model.txt"
+    fresh = not stamp.exists() or stamp.read_text() != params + "\n"  # other settings: rewrite every lattice
     similar = SimilarWords(vocab.words, noise.pool, exclude=[vocab.words[vocab.eos], "<unk>"])
     inserts = insertion_words(vocab, train_counts, noise.insertion_pool)
     paths, lines = [], []
     for index, words in enumerate(tqdm(refs, desc="lattices", disable=not progress)):
         utt = f"{prefix}-{index:05d}"
         path = directory / f"{utt}.lat.gz"
-        if not path.exists():
+        if fresh or not path.exists():
             lat = synthesize(
                 words,
                 first_pass=first_pass,
@@ -244,8 +248,7 @@ def write_lattice_set(
         paths.append(path)
         lines.append(f"{utt}\t{' '.join(words)}")
     (directory / "references.txt").write_text("\n".join(lines) + "\n")
-    params = "\n".join(f"{k}={v}" for k, v in {**asdict(noise), "seed": seed}.items())
-    (directory / "noise_model.txt").write_text(params + "\n")
+    stamp.write_text(params + "\n")
     return paths
 
 
