@@ -39,22 +39,152 @@ def markov_corpus(vocab: int = 12, n: int = 6000, seed: int = 0) -> Corpus:
     )
 
 
-def _twin(method, iters=None, cell="lstm", layers=2, seed=0):
+def _twin(method, iters=None, cell="lstm", layers=2, seed=0, vocab=11):
     torch.manual_seed(seed)
-    return RNNLM(11, 8, layers, cell=cell, method=method, iters=iters, tol=1e-12).double().eval()
+    return RNNLM(vocab, 8, layers, cell=cell, method=method, iters=iters, tol=1e-12).double().eval()
+
+
+def _stream_logits(model, tokens, window):
+    """Logits of a stream fed in windows of ``window`` tokens, the state carried (not detached)."""
+    out, state = [], None
+    for w in tokens.split(window, dim=1):
+        logits, state = model(w, state)
+        out.append(logits)
+    return torch.cat(out, 1)
+
+
+def _support(model, tokens, t, window=None):
+    """The stream positions s whose token embedding the logits at t depend on (non-zero gradient)."""
+    captured = []
+    hook = model.embed.register_forward_hook(lambda mod, inp, out: captured.append(out) or out.retain_grad())
+    try:
+        logits = _stream_logits(model, tokens, window or tokens.shape[1])
+    finally:
+        hook.remove()
+    logits[:, t].sum().backward()
+    # each forward embeds context + window: map the gradient of every embedded copy back to stream positions
+    grad = torch.zeros(tokens.shape[1], dtype=torch.float64)
+    start = 0
+    for w, emb in zip(tokens.split(window or tokens.shape[1], dim=1), captured):
+        C = emb.shape[1] - w.shape[1]  # the context tokens this window embedded before itself
+        g = emb.grad.abs().sum((0, 2)) if emb.grad is not None else torch.zeros(emb.shape[1], dtype=torch.float64)
+        grad[start - C : start + w.shape[1]] += g
+        start += w.shape[1]
+    return [s for s in range(tokens.shape[1]) if grad[s] > 0]
+
+
+def test_order_of_each_model():
+    assert [RNNLM(5, 4, L, method="jacobi", iters=k).order for L, k in ((1, 1), (1, 4), (2, 1), (2, 3), (3, 5))] == [
+        1,
+        4,
+        1,
+        5,
+        13,
+    ]
+    assert [RNNLM(5, 4, L, method="truncated", iters=k).order for L, k in ((1, 4), (2, 4), (3, 2))] == [4, 4, 2]
+    for method, iters in (("bptt", None), ("newton", None), ("quasi_newton", None), ("jacobi_carry", 3)):
+        model = RNNLM(5, 4, 2, method=method, iters=iters)
+        assert model.order is None and model.context == 0
+    assert RNNLM(5, 4, 2, method="jacobi", iters=3).context == 4
+
+
+TOKENS = torch.randint(0, 11, (2, 15), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("method, k", [("jacobi", 1), ("jacobi", 2), ("jacobi", 3), ("truncated", 2), ("truncated", 4)])
+def test_gradient_support_is_exactly_the_stated_window(method, k, layers):
+    """The logits at t depend on the tokens t-n+1..t (n = model.order) and on no other, across windows too."""
+    model = _twin(method, k, cell="gru" if k == 2 else "lstm", layers=layers)
+    n = model.order
+    for t in (0, 3, 9, 14):
+        for window in (15, 4):
+            model.zero_grad()
+            assert _support(model, TOKENS, t, window) == list(range(max(0, t - n + 1), t + 1)), (t, window)
+
+
+@pytest.mark.parametrize("method", ["bptt", "newton"])
+def test_the_recurrent_network_reads_every_earlier_token(method):
+    model = _twin(method)
+    assert _support(model, TOKENS, 13, window=5) == list(range(14))
+
+
+def test_carried_state_jacobi_has_its_documented_position_dependent_window():
+    """One layer, windows of 6, k = 2: a position i <= k of a window reads k + i tokens, later ones k."""
+    model, k, T = _twin("jacobi_carry", 2, layers=1), 2, 6
+    for t in range(15):
+        i = t % T + 1  # 1-based position in its window
+        first = t - k + 1 if (i > k or t < T) else t - i + 1 - k
+        model.zero_grad()
+        assert _support(model, TOKENS, t, window=T) == list(range(max(0, first), t + 1)), t
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("method, iters", [("newton", None), ("quasi_newton", None), ("jacobi", 7)])
+@pytest.mark.parametrize("method, k", [("jacobi", 1), ("jacobi", 3), ("truncated", 1), ("truncated", 3)])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_one_window_or_many_gives_the_same_logits(cell, method, k, layers):
+    model = _twin(method, k, cell=cell, layers=layers)
+    whole = _stream_logits(model, TOKENS, 15)
+    for window in (1, 2, 4, 7):
+        torch.testing.assert_close(_stream_logits(model, TOKENS, window), whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_jacobi_k_is_truncated_k_for_one_layer_only(cell, k):
+    """From the zero start, Jacobi's k-th iterate is the k-window truncated recurrence (this series' own
+    observation); with two layers jacobi-k reads L(k-1)+1 tokens and truncated-k only k, so they differ."""
+    jac, tru = _twin("jacobi", k, cell=cell, layers=1), _twin("truncated", k, cell=cell, layers=1)
+    tru.load_state_dict(jac.state_dict())
+    torch.testing.assert_close(_stream_logits(tru, TOKENS, 6), _stream_logits(jac, TOKENS, 6), rtol=1e-12, atol=1e-12)
+    jac2, tru2 = _twin("jacobi", k, cell=cell), _twin("truncated", k, cell=cell)
+    tru2.load_state_dict(jac2.state_dict())
+    gap = float((_stream_logits(tru2, TOKENS, 15) - _stream_logits(jac2, TOKENS, 15)).detach().abs().max())
+    assert gap == 0 if k == 1 else gap > 1e-6
+
+
+def test_jacobi_layers_are_papers_iteration_and_the_truncated_stack_is_the_network_over_k_tokens():
+    """References: jacobi = fpcore.fixed_point.solve(method="jacobi", iters=k) from zero on each layer over
+    the stream; truncated = torch's own layers run over the last k tokens from a zero state (paper B)."""
+    from fpcore import fixed_point
+
+    k = 3
+    jac, tru = _twin("jacobi", k), _twin("truncated", k)
+    tru.load_state_dict(jac.state_dict())
+    h = jac.embed(TOKENS)  # (B, T, H)
+    for rnn in jac.rnns:
+        h = fixed_point.solve(cells.from_torch(rnn), h, method="jacobi", iters=k).outputs
+    torch.testing.assert_close(_stream_logits(jac, TOKENS, 4), jac.decoder(h), rtol=1e-12, atol=1e-12)
+    ref = []
+    for t in range(TOKENS.shape[1]):
+        h = tru.embed(TOKENS[:, max(0, t - k + 1) : t + 1])  # the last k tokens (fewer at the start)
+        for rnn in tru.rnns:
+            h = rnn(h)[0]  # from a zero state
+        ref.append(tru.decoder(h[:, -1]))
+    torch.testing.assert_close(_stream_logits(tru, TOKENS, 4), torch.stack(ref, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("method, iters", [("newton", None), ("quasi_newton", None), ("jacobi_carry", 7)])
 def test_exact_methods_equal_bptt_across_windows(cell, method, iters):
     ref, model = _twin("bptt", cell=cell), _twin(method, iters, cell=cell)
     model.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 11, (3, 14), generator=torch.Generator().manual_seed(1))
     s_ref = s = None
-    for window in tokens.split(7, dim=1):  # two windows of 7: jacobi with k = 7 is exact, state carried
+    for window in tokens.split(7, dim=1):  # two windows of 7: k = 7 iterations are exact, state carried
         a, s_ref = ref(window, s_ref)
         b, s = model(window, s)
         torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
+
+
+def test_jacobi_with_k_beyond_the_stream_is_the_recurrent_network():
+    """Jacobi is exact at t <= k, so with k >= T each layer, and the model, is the recurrent network. (An order
+    n >= T is not enough: n says which tokens a position reads, not that it reads them exactly.)"""
+    ref, model = _twin("bptt"), _twin("jacobi", 14)  # k >= the 14 tokens
+    model.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(
+        _stream_logits(model, TOKENS[:, :14], 5), _stream_logits(ref, TOKENS[:, :14], 5), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_truncated_is_a_strict_kth_order_model_across_windows():
@@ -72,8 +202,8 @@ def test_truncated_is_a_strict_kth_order_model_across_windows():
     torch.testing.assert_close(torch.cat(logits, 1), ref.decoder(h), rtol=1e-9, atol=1e-9)
 
 
-def test_jacobi_k_is_approximate_and_carries_state():
-    ref, model = _twin("bptt", cell="gru", layers=1), _twin("jacobi", 2, cell="gru", layers=1)
+def test_carried_state_jacobi_is_approximate_and_carries_state():
+    ref, model = _twin("bptt", cell="gru", layers=1), _twin("jacobi_carry", 2, cell="gru", layers=1)
     model.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 11, (2, 10), generator=torch.Generator().manual_seed(3))
     a, _ = ref(tokens)
@@ -81,6 +211,43 @@ def test_jacobi_k_is_approximate_and_carries_state():
     torch.testing.assert_close(b[:, :2], a[:, :2])  # exact for t <= k
     assert float((a - b).detach().abs().max()) > 1e-6  # approximate after
     assert state[0].shape == (1, 2, 8)
+
+
+@pytest.mark.parametrize(
+    "method, k, layers", [("jacobi", 3, 2), ("truncated", 4, 2), ("jacobi", 2, 1), ("bptt", None, 2)]
+)
+def test_next_log_probs_are_the_streams(method, k, layers):
+    """Scoring histories (lattice rescoring): a history of at least n tokens gives the log-probabilities the
+    model assigns inside the stream; a shorter one is the start of a stream."""
+    model = _twin(method, k, layers=layers)
+    stream = torch.log_softmax(_stream_logits(model, TOKENS, 15), -1)  # (B, T, V)
+    n = model.order
+    for t in (0, 2, 6, 14):
+        if n is not None or t < 3:
+            start = 0 if n is None else max(0, t - n - 2)  # a few tokens more than needed: ignored
+            got = model.next_log_probs(TOKENS[:, start : t + 1])
+            torch.testing.assert_close(got, stream[:, t], rtol=1e-10, atol=1e-10)
+    if n is not None:
+        hists = [TOKENS[0, : t + 1].tolist() for t in (0, 5, 3, 14, 1)]
+        got = model.next_log_probs(hists, batch_size=2)
+        torch.testing.assert_close(got, stream[0, [0, 5, 3, 14, 1]], rtol=1e-10, atol=1e-10)
+        assert torch.allclose(got.exp().sum(-1), torch.ones(5, dtype=got.dtype))
+    assert model.training is False
+    with pytest.raises(ValueError, match="at least one token"):
+        model.next_log_probs(TOKENS[:, :0])
+
+
+def test_token_ids_outside_the_vocabulary_are_a_clear_error():
+    model = _twin("bptt")
+    for bad in (torch.tensor([[1, 11]]), torch.tensor([[-1, 2]])):
+        with pytest.raises(ValueError, match=r"ids in \[0, 11\) \(the model's vocabulary\)"):
+            model(bad)
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"histories must be ids in \[0, 11\)"):
+        model.next_log_probs([[3, 12]])
+    with pytest.raises(ValueError, match=r"ids in \[0, 11\)"):
+        evaluate(model.float(), torch.tensor([1, 2, 3, 40, 5, 6, 7]), batch_size=1, bptt=3)
 
 
 def test_bad_model_arguments_are_clear():
