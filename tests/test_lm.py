@@ -401,27 +401,6 @@ def test_torchrun_data_parallel_on_two_cpu_processes_matches_one(tmp_path):
     assert two["valid"] == pytest.approx(one["valid"], rel=1e-4)
 
 
-def test_smallest_truncation_and_contraction_of_a_trained_model():
-    from fpcore import experiments
-
-    corpus = markov_corpus()
-    cfg = _tiny_cfg(cell="rnn", epochs=2)
-    model = build_model(cfg, corpus.vocab_size)
-    fit(model, corpus, cfg)
-    found = experiments.smallest_truncation(model, corpus.valid, rel=0.01, ks=(1, 2, 4, 8, 16, 32, 64), bptt=10)
-    assert found["k"] is not None and found["k"] in found["ppl"]
-    assert found["ppl"][found["k"]] <= found["recurrent"] * 1.01
-    smaller = [k for k in found["ppl"] if k < found["k"]]
-    assert all(found["ppl"][k] > found["recurrent"] * 1.01 for k in smaller)
-    # a long enough window is the recurrent model itself
-    long = experiments.with_method(model, "truncated", 400)
-    assert evaluate(long, corpus.valid[:400], batch_size=1, bptt=400) == pytest.approx(
-        evaluate(model, corpus.valid[:400], batch_size=1, bptt=400), rel=1e-5
-    )
-    norms = experiments.lm_contraction(model, corpus.valid, k=2, windows=4, length=20)
-    assert len(norms) == 1 and norms[0].shape == (4, 19) and bool((norms[0] >= 0).all())
-
-
 def test_a_time_budget_pauses_and_resumes_to_the_same_result(tmp_path):
     corpus = markov_corpus()
     whole_cfg = _tiny_cfg(epochs=2, dropout=0.2)
@@ -441,96 +420,6 @@ def test_a_time_budget_pauses_and_resumes_to_the_same_result(tmp_path):
     assert record["test_ppl"] == pytest.approx(whole["test_ppl"], rel=1e-9)
     with pytest.raises(ValueError, match="needs cfg.checkpoint"):
         fit(build_model(whole_cfg, corpus.vocab_size), corpus, whole_cfg, max_seconds=1.0)
-
-
-def test_run_grid_spends_a_budget_pauses_and_skips_finished_runs(tmp_path, monkeypatch):
-    from fpcore import experiments
-    from fpcore.train import run_name
-
-    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.chdir(tmp_path)  # checkpoints/ lands here
-    corpus = markov_corpus()
-    grid = [
-        _tiny_cfg(
-            epochs=1,
-            method=m,
-            iters=k,
-            record_name=run_name("markov", "tiny", "lstm", m, k),
-            checkpoint=str(tmp_path / "checkpoints" / f"{run_name('markov', 'tiny', 'lstm', m, k)}.pt"),
-        )
-        for m, k in (("bptt", None), ("jacobi", 2))
-    ]
-    assert grid[1].record_name == "lm_markov_tiny_lstm_jacobi_k2_quick"
-    calls, records = 0, [{"finished": False}]
-    while not all(r.get("finished", True) for r in records) or len(records) < len(grid):
-        calls += 1
-        records = experiments.run_grid(grid, corpus, max_seconds=0.05)
-        assert calls < 2000
-        assert sum(not r.get("finished", True) for r in records) <= 1, "at most the one run the budget ran out in"
-    assert calls > 2, "the budget paused the grid more than once"
-    assert [r["method"] for r in records] == ["bptt", "jacobi"] and all(r["finished"] for r in records)
-    # finished runs are read back, not trained again, and the analysis reads the checkpoint the run left
-    again = experiments.run_grid(grid, corpus, max_seconds=0.0)
-    assert [r["test_ppl"] for r in again] == [r["test_ppl"] for r in records]
-    ana = experiments.analyse_run(grid[0].record_name, corpus, eval_tokens=300, ks=(1, 2, 4, 64))
-    assert ana["truncation"]["recurrent_ppl"] > 1 and len(ana["contraction"]) == grid[0].layers
-    fp = ana["fixed_point"]["ppl"]
-    assert fp["newton"] == pytest.approx(fp["bptt"], rel=1e-4) and fp["quasi_newton"] == pytest.approx(
-        fp["bptt"], rel=1e-4
-    )
-    assert (tmp_path / "results" / f"analysis_{grid[0].record_name}.json").exists()
-    assert experiments.analyses("markov")[0]["run"] == grid[0].record_name
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        experiments.analyse_run("lm_markov_tiny_gru_bptt_quick", corpus)
-
-
-def _rec(config="small", method="bptt", iters=None, cell="lstm", stable=False, test_ppl=100.0):
-    return dict(config=config, method=method, iters=iters, cell=cell, stable=stable, test_ppl=test_ppl)
-
-
-def test_claims_read_the_smallest_k_and_the_stability_gap_off_the_records():
-    from fpcore import experiments
-
-    rows = [
-        _rec(test_ppl=100.0),
-        _rec(method="jacobi", iters=1, test_ppl=110.0),
-        _rec(method="jacobi", iters=4, test_ppl=102.9),
-        _rec(method="jacobi", iters=8, test_ppl=101.0),
-        _rec(stable=True, test_ppl=104.0),
-        _rec(cell="rnn", test_ppl=150.0),
-        _rec(cell="rnn", stable=True, test_ppl=160.0),
-        _rec(config="medium", method="jacobi", iters=2),
-    ]
-    lines = experiments.claims(rows)
-    assert lines[0] == "small: paper A: jacobi-k within +3% of BPTT (100.0): smallest k = 4 (k tried: [1, 4, 8])"
-    assert lines[1].startswith("small: paper B: stable lstm 104.00 vs unstable 100.00 (+4.0%; within 5%: yes")
-    assert lines[2].endswith("(+6.7%; within 5%: no)")
-    assert len(lines) == 3, "medium has no BPTT baseline: no claim is made for it"
-    assert "none" in experiments.claims([_rec(), _rec(method="jacobi", iters=2, test_ppl=120.0)])[0]
-
-
-def test_format_analyses_shows_the_smallest_window_or_that_none_was_close():
-    from fpcore import experiments
-
-    layer = dict(median=0.5, p90=0.8, p99=0.9, max=1.2, frac_above_1=0.01)
-    found = dict(
-        run="lm_ptb_small_lstm_bptt_full",
-        contraction=[layer, layer],
-        truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "2": 121.0}, smallest_k=2),
-    )
-    none = dict(
-        run="lm_ptb_small_rnn_bptt_full",
-        contraction=[layer],
-        truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "64": 130.0}, smallest_k=None),
-    )
-    table = experiments.format_analyses([found, none])
-    assert "| lm_ptb_small_lstm_bptt_full | 120.00 | 2 | 121.00 | 0.50 / 0.80 / 1.20; 0.50 / 0.80 / 1.20 |" in table
-    assert "| lm_ptb_small_rnn_bptt_full | 120.00 | > 64 | nan |" in table
-    found["fixed_point"] = dict(tokens=1000, ppl=dict(bptt=120.0, newton=120.0001, quasi_newton=119.9999))
-    found["eval_tokens"] = 20_000
-    table = experiments.format_analyses([found])
-    assert "| lm_ptb_small_lstm_bptt_full | 120.00 (20,000) | 2 |" in table
-    assert "| 1.0%; 1.0% | 120.000 / 120.000 / 120.000 (1,000) |" in table
 
 
 def test_the_loss_is_summed_over_time_like_zarembas():
