@@ -57,6 +57,7 @@ __all__ = [
     "format_mismatch",
     "plot_ppl_vs_k",
     "with_method",
+    "token_dependency",
     "smallest_truncation",
     "lm_contraction",
     "analyse_run",
@@ -110,20 +111,20 @@ def lm_grid(
     """The runs of paper A's comparison on one corpus, in the order they should run.
 
     BPTT (the baseline), jacobi-k and truncated-k for k in ``ks`` (truncated-1 is jacobi-1: with k = 1 both
-    read only the current token, so it is trained once), and the stable (projected) BPTT model. Cheap runs
-    first: every k <= 8 by increasing cost, then the stable model, then larger k. ``schedule``: epochs and
-    lr decay for every run (default :data:`SHORT`).
+    read only the current token, so it is trained once), and the stable (projected) BPTT model. The order puts
+    the most informative, cheapest runs first: BPTT; jacobi-k for k <= 4 (paper A's question at small and
+    moderate k); truncated-k for k <= 4; jacobi-8 and truncated-8; the stable model; then larger k (the most
+    costly: a window of T tokens costs about (T + L(k-1)) k steps per layer). ``schedule``: epochs and lr
+    decay for every run (default :data:`SHORT`).
     """
     schedule = SHORT if schedule is None else schedule
+    ks = sorted(set(ks))
     runs: list[dict[str, Any]] = [dict(method="bptt")]
-    small, large = [k for k in sorted(ks) if k <= 8], [k for k in sorted(ks) if k > 8]
-    for group in (small, large):
-        if group is large:
-            runs.append(dict(method="bptt", stable=True))
-        for k in group:
-            runs.append(dict(method="jacobi", iters=k))
-            if k > 1:
-                runs.append(dict(method="truncated", iters=k))
+    runs += [dict(method="jacobi", iters=k) for k in ks if k <= 4]
+    runs += [dict(method="truncated", iters=k) for k in ks if 1 < k <= 4]
+    runs += [dict(method=m, iters=k) for k in ks if 4 < k <= 8 for m in ("jacobi", "truncated")]
+    runs.append(dict(method="bptt", stable=True))
+    runs += [dict(method=m, iters=k) for k in ks if k > 8 for m in ("jacobi", "truncated")]
     return [_config(dataset, preset, schedule, cell=cell, **run, **overrides) for run in runs]
 
 
@@ -142,20 +143,15 @@ def stability_grid(
 def plan(dataset: str, grid: str = "lm", preset: str = "small", **kw) -> list[TrainConfig | str]:
     """Everything the full experiments of one corpus run, in order: the training runs of ``grid`` ("lm":
     :func:`lm_grid`; "stability": :func:`stability_grid`), with the evaluation of the BPTT model as every
-    jacobi-k / truncated-k (:func:`mismatch`, an entry ``"mismatch:<run>"``) right after the runs with k <= 8."""
+    jacobi-k / truncated-k and by Newton's method (:func:`mismatch`, an entry ``"mismatch:<run>"``, cheap:
+    evaluation only) right after the jacobi-k runs with k <= 4."""
     if grid == "stability":
         return list(stability_grid(dataset, preset, **kw))
     if grid != "lm":
         raise ValueError(f"grid must be 'lm' or 'stability', got {grid!r}")
     runs = lm_grid(dataset, preset, **kw)
-    out: list[TrainConfig | str] = []
-    for cfg in runs:
-        if cfg.stable and not any(isinstance(x, str) for x in out):
-            out.append(f"mismatch:{runs[0].record_name}")
-        out.append(cfg)
-    if not any(isinstance(x, str) for x in out):
-        out.append(f"mismatch:{runs[0].record_name}")
-    return out
+    at = next((i for i, c in enumerate(runs) if c.method != "bptt" and not (c.method == "jacobi" and c.iters <= 4)), 1)
+    return [*runs[:at], f"mismatch:{runs[0].record_name}", *runs[at:]]
 
 
 def _done(cfg: TrainConfig) -> dict | None:
@@ -438,6 +434,32 @@ def plot_ppl_vs_k(rows: list[dict], mismatch_record: dict | None = None, ax=None
         ax.set_xticks(ticks, [str(k) for k in ticks])
     ax.legend(fontsize=8)
     return ax
+
+
+def token_dependency(model: RNNLM, tokens: torch.Tensor) -> torch.Tensor:
+    """D [T, T]: D[t, s] = ||d logits_t / d embedding(x_s)|| for one stream ``tokens`` [T] fed as one window
+    from the stream start (autograd; eval mode). A model of order n has D[t, s] != 0 exactly for
+    t - n < s <= t (fewer at the start); the recurrent network for every s <= t."""
+    was_training = model.training
+    model.eval()
+    captured: list[torch.Tensor] = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = model.embed.register_forward_hook(keep)
+    try:
+        logits, _ = model(tokens[None])  # (1, T, V)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    rows = []
+    for t in range(tokens.numel()):
+        captured[0].grad = None
+        logits[0, t].sum().backward(retain_graph=True)
+        rows.append(captured[0].grad[0].norm(dim=-1))  # (T,)
+    return torch.stack(rows)
 
 
 def smallest_truncation(
