@@ -150,7 +150,9 @@ def plan(dataset: str, grid: str = "lm", preset: str = "small", **kw) -> list[Tr
     if grid != "lm":
         raise ValueError(f"grid must be 'lm' or 'stability', got {grid!r}")
     runs = lm_grid(dataset, preset, **kw)
-    at = next((i for i, c in enumerate(runs) if c.method != "bptt" and not (c.method == "jacobi" and c.iters <= 4)), 1)
+    at = next(
+        (i for i, c in enumerate(runs) if c.method != "bptt" and not (c.method == "jacobi" and (c.iters or 0) <= 4)), 1
+    )
     return [*runs[:at], f"mismatch:{runs[0].record_name}", *runs[at:]]
 
 
@@ -253,6 +255,11 @@ def with_method(model: RNNLM, method: str, iters: int | None = None) -> RNNLM:
     return twin.to(next(model.parameters()).device)
 
 
+def _identity(name: str, cfg: TrainConfig) -> dict[str, Any]:
+    """The fields that say which run an evaluation record is about."""
+    return dict(run=name, dataset=cfg.dataset, config=cfg.config, cell=cfg.cell, method=cfg.method, stable=cfg.stable)
+
+
 def mismatch(
     name: str, corpus, *, ks=KS, split: str = "test", newton_tokens: int = 2_000, device=None
 ) -> dict[str, Any]:
@@ -277,16 +284,14 @@ def mismatch(
         for method in as_k:
             as_k[method][str(k)] = ppl(with_method(model, method, k), tokens)
     few = tokens[:newton_tokens]
-    fixed_point = {"tokens": int(few.numel()), "ppl": {m: ppl(with_method(model, m), few) for m in ("newton",)}}
+    fixed_point: dict[str, Any] = {
+        "tokens": int(few.numel()),
+        "ppl": {"newton": ppl(with_method(model, "newton"), few)},
+    }
     fixed_point["ppl"][cfg.method] = ppl(model, few)
     record = dict(
-        run=name,
-        dataset=cfg.dataset,
-        config=cfg.config,
-        cell=cfg.cell,
-        method=cfg.method,
+        **_identity(name, cfg),
         iters=cfg.iters,
-        stable=cfg.stable,
         layers=cfg.layers,
         schedule=schedule_tag(cfg),
         split=split,
@@ -303,7 +308,7 @@ def mismatch(
 # -- reading the records back -----------------------------------------------------------------------------
 def _describe_schedule(tc: dict) -> str:
     """ "4 ep: lr 1 x3, then /2" from a record's train_config."""
-    e, d = tc.get("epochs"), tc.get("decay_after")
+    e, d = int(tc.get("epochs") or 0), int(tc.get("decay_after") or 0)
     s = f"{e} ep: lr {tc.get('lr', 1):g} x{min(d, e)}" + (f", then /{tc.get('lr_decay', 2):g}" if d < e else "")
     if tc.get("max_train_tokens"):
         s += f", first {tc['max_train_tokens']:,} train tokens"
@@ -427,9 +432,10 @@ def plot_ppl_vs_k(rows: list[dict], mismatch_record: dict | None = None, ax=None
             ax.axhline(r["test_ppl"], color="k", ls=":", label=f"BPTT {r['test_ppl']:.1f}")
     ax.set(xscale="log", yscale="log", xlabel="k (Jacobi iterations per layer / truncation window)")
     ax.set_ylabel("test perplexity")
-    ticks = sorted(
-        set(jac) | set(tru) | (set(map(int, mismatch_record["as_k"]["jacobi"])) if mismatch_record else set())
-    )
+    shown = set(jac) | set(tru)
+    if mismatch_record is not None:
+        shown |= set(map(int, mismatch_record["as_k"]["jacobi"]))
+    ticks = sorted(shown)
     if ticks:
         ax.set_xticks(ticks, [str(k) for k in ticks])
     ax.legend(fontsize=8)
@@ -454,11 +460,13 @@ def token_dependency(model: RNNLM, tokens: torch.Tensor) -> torch.Tensor:
     finally:
         hook.remove()
         model.train(was_training)
-    rows = []
+    rows: list[torch.Tensor] = []
     for t in range(tokens.numel()):
         captured[0].grad = None
         logits[0, t].sum().backward(retain_graph=True)
-        rows.append(captured[0].grad[0].norm(dim=-1))  # (T,)
+        grad = captured[0].grad
+        assert grad is not None  # the embedding is in the graph of every logit
+        rows.append(grad[0].norm(dim=-1))  # (T,)
     return torch.stack(rows)
 
 
@@ -478,7 +486,7 @@ def smallest_truncation(
     ``{"recurrent": ppl, "ppl": {k: ppl}, "k": smallest k or None}``.
     """
     recurrent = evaluate(with_method(model, "bptt"), tokens, batch_size=batch_size, bptt=bptt)
-    out = {"recurrent": recurrent, "ppl": {}, "k": None}
+    out: dict[str, Any] = {"recurrent": recurrent, "ppl": {}, "k": None}
     for k in ks:
         out["ppl"][k] = evaluate(with_method(model, "truncated", k), tokens, batch_size=batch_size, bptt=bptt)
         if out["ppl"][k] <= recurrent * (1 + rel):
@@ -549,12 +557,7 @@ def analyse_run(
     few = corpus.valid[:fixed_point_tokens]
     fixed_point = {m: evaluate(with_method(model, m), few, bptt=cfg.bptt) for m in ("bptt", "newton", "quasi_newton")}
     record = dict(
-        run=name,
-        dataset=cfg.dataset,
-        config=cfg.config,
-        cell=cfg.cell,
-        method=cfg.method,
-        stable=cfg.stable,
+        **_identity(name, cfg),
         eval_tokens=int(tokens.numel()),
         rel=rel,
         fixed_point=dict(tokens=int(few.numel()), ppl=fixed_point),
@@ -658,7 +661,7 @@ def report(dataset: str, *, directory: Path | None = None, show: bool = True) ->
     for r in rows:
         groups.setdefault(r["schedule"], []).append(r)
     lines = claims(rows)
-    figures = []
+    figures: list[Any] = []
     out: dict[str, Any] = dict(rows=rows, groups=groups, mismatch=found, claims=lines, figures=figures)
     if not show:
         return out
@@ -713,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if config.profile() != "full":
         print("note: FPCORE_PROFILE is not 'full': these runs are named and recorded as quick-profile runs")
-    steps = plan(args.dataset, args.grid, **({"ks": ks} if args.grid == "lm" else {}))
+    steps = plan(args.dataset, args.grid, ks=ks) if args.grid == "lm" else plan(args.dataset, args.grid)
     if args.list:
         for s in steps:
             name = s if isinstance(s, str) else s.record_name

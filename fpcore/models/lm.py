@@ -69,6 +69,7 @@ The carried state is detached between windows by the trainer (truncated BPTT). F
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -102,11 +103,11 @@ def model_order(method: str, iters: int | None, layers: int) -> int | None:
 
     "jacobi": :math:`L(k-1)+1`; "truncated": :math:`k`; every other method: None.
     """
-    if method == "jacobi":
+    if method in FINITE_ORDER and iters is None:
+        raise ValueError(f"method {method!r} needs iters = k")
+    if method == "jacobi" and iters is not None:
         return layers * (iters - 1) + 1
-    if method == "truncated":
-        return iters
-    return None
+    return iters if method == "truncated" else None
 
 
 class RNNLM(nn.Module):
@@ -172,6 +173,13 @@ class RNNLM(nn.Module):
         return model_order(self.method, self.iters, self.layers)
 
     @property
+    def _k(self) -> int:
+        """k of an iterated method (the constructor checked it is an int >= 1)."""
+        if self.iters is None:
+            raise ValueError(f"method {self.method!r} has no k")
+        return self.iters
+
+    @property
     def context(self) -> int:
         """Tokens carried as the state between windows: n - 1 for a finite-order model, else 0."""
         n = self.order
@@ -203,7 +211,7 @@ class RNNLM(nn.Module):
         B, P, _ = u.shape
         s = u.new_zeros(B, P, cell.state_size)  # (B, P, S): the zero start
         zero = u.new_zeros(B, 1, cell.state_size)
-        for _ in range(min(self.iters, P)):  # exact after P iterations: more change nothing
+        for _ in range(min(self._k, P)):  # exact after P iterations: more change nothing
             s = cell.step(torch.cat([zero, s[:, :-1]], dim=1), u)  # F(s)_t = f(s_{t-1}, x_t)
         return cell.output(s)
 
@@ -214,7 +222,7 @@ class RNNLM(nn.Module):
         starts before the sequence keeps its zero state until the window reaches :math:`x_1` (the start of a
         stream). Returns the last layer's outputs [B, T, H].
         """
-        k = self.iters
+        k = self._k
         B, P, _ = x.shape
         cells = [self._cell(i) for i in range(self.layers)]
         u0 = cells[0].prepare(x)  # (B, P, G): layer 1's input part, once for all positions
@@ -236,6 +244,7 @@ class RNNLM(nn.Module):
             return rnn(x, h0)  # (B, T, H), torch's state layout
         from fpcore import fixed_point
 
+        kw: dict[str, Any]
         if self.method == "jacobi_carry":
             kw, grad = {"iters": self.iters}, "unrolled"
         else:
@@ -260,7 +269,7 @@ class RNNLM(nn.Module):
             if self.method == "truncated":
                 h = self._truncated_stack(h, T)  # (B, T, H)
             else:
-                k = self.iters
+                k = self._k
                 for i in range(self.layers):
                     h = self._jacobi_layer(i, h)
                     # the layers above need the last T + (L-1-i)(k-1) positions; those before them read the
