@@ -1,84 +1,175 @@
-"""The language-model experiments of notebooks 06 and 07: the grid, resumable runs, and the tables.
+r"""The language-model experiments of notebooks 06 and 07: the grids, resumable runs, and the tables.
 
-    grid = lm_grid("ptb", "small")                 # bptt, jacobi-k, truncated-k, stable, newton
-    run_grid(grid)                                 # skips runs already in results/, resumes checkpoints
-    table = lm_table("ptb")                        # rows read back from results/lm_ptb_*.json
-    plot_ppl_vs_k(table)
+    grid = lm_grid("ptb")                          # bptt, jacobi-k, truncated-k, stable: one schedule
+    run_grid(grid, corpus)                         # skips runs already in results/, resumes checkpoints
+    mismatch("lm_ptb_small_e4_lstm_bptt_full", corpus)   # the BPTT model evaluated as jacobi-k / truncated-k
+    rows = lm_table("ptb")                         # rows read back from results/lm_ptb_*.json
+    report("ptb")                                  # tables, claims and plots for a notebook
 
-Every record is written by :func:`fpcore.train.fit` (with hardware, versions and commit); nothing here
-types a figure.
+or, from a shell, the whole plan of a corpus in priority order, resumable (exit 3 when a budget runs out):
+
+    python -m fpcore.experiments ptb --max-minutes 60
+
+**One schedule per comparison.** Every method of a corpus is trained with the same schedule, and the tables
+compare runs of one schedule only. :data:`SHORT` (4 epochs, lr 1 for 3 epochs then halved) is the schedule of
+the CPU grid; Zaremba et al.'s 13 epochs (arXiv 1409.2329) is the preset's own. Records of another schedule
+(and records of the carried-state model written before it had its own name) are shown apart and labelled.
+
+**Why "newton" is evaluated, not trained.** The exact fixed point is the recurrent network itself: for the
+same weights, Newton's trajectory equals the sequential layer's up to the solver's tolerance, and its
+implicit gradient is the exact gradient of the same function. Training by "newton" is training the BPTT model
+(by a different, slower route); so the BPTT-trained weights are evaluated by Newton's method, which must give
+the same perplexity (paper A's fixed-point view, arXiv 2106.02417; DEER, arXiv 2309.12252).
+
+Every record is written by :func:`fpcore.train.fit` or by the evaluations here (with hardware, versions and
+commit); nothing here types a figure.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import math
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fpcore import results as _results
-from fpcore.models.lm import RNNLM
+from fpcore.models.lm import RNNLM, model_order
 from fpcore.train import TrainConfig, build_model, evaluate, fit, load_trained, run_name
 
 __all__ = [
     "KS",
+    "SHORT",
+    "schedule_tag",
     "lm_grid",
     "stability_grid",
+    "plan",
     "run_grid",
+    "run_plan",
+    "mismatch",
     "lm_table",
+    "mismatches",
     "format_table",
+    "format_mismatch",
     "plot_ppl_vs_k",
     "with_method",
+    "token_dependency",
     "smallest_truncation",
     "lm_contraction",
     "analyse_run",
     "analyses",
-    "run_experiments",
     "claims",
     "format_analyses",
+    "report",
+    "main",
 ]
 
 KS = (1, 2, 4, 8, 16)
+# The one shortened schedule of the CPU grid, for every method of every corpus: lr 1 for 3 epochs, then halved
+# (Zaremba's lr and decay factor, the decay three epochs after the start instead of four, four epochs in all).
+SHORT: dict[str, Any] = dict(epochs=4, decay_after=3, lr_decay=2.0)
+_SAME_RUN = ("progress", "device", "checkpoint", "checkpoint_every", "record_name", "eval_batch_size")
 
 
-def lm_grid(dataset: str, preset: str, *, ks=KS, cell: str = "lstm", **overrides) -> list[TrainConfig]:
-    """The runs of one (dataset, preset): bptt, jacobi and truncated for each k, stable bptt, newton."""
-    runs = [dict(method="bptt"), dict(method="bptt", stable=True), dict(method="newton")]
-    runs += [dict(method=m, iters=k) for m in ("jacobi", "truncated") for k in ks]
-    grid = []
-    for run in runs:
-        name = run_name(dataset, preset, cell, run["method"], run.get("iters"), run.get("stable", False))
-        grid.append(
-            TrainConfig.preset(
-                preset,
-                dataset=dataset,
-                cell=cell,
-                record_name=name,
-                checkpoint=str(Path("checkpoints") / f"{name}.pt"),
-                **run,
-                **overrides,
-            )
+def schedule_tag(cfg: TrainConfig | dict) -> str:
+    """The schedule's part of a run's name: "" for the preset's own schedule, else ``e<epochs>d<decay_after>``
+    (plus ``lr<lr>`` and ``t<tokens>`` for another lr or a slice of the training tokens)."""
+    from fpcore.train import PRESETS
+
+    c = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    ref = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | PRESETS.get(c.get("config", ""), {})
+    keys = ("epochs", "decay_after", "lr_decay", "lr", "max_train_tokens")
+    if all(c.get(key) == ref.get(key) for key in keys):
+        return ""
+    tag = f"e{c['epochs']}d{c['decay_after']}"
+    if c.get("lr_decay") != ref.get("lr_decay"):
+        tag += f"x{c['lr_decay']:g}"
+    if c.get("lr") != ref.get("lr"):
+        tag += f"lr{c['lr']:g}"
+    if c.get("max_train_tokens"):
+        tag += f"t{c['max_train_tokens']}"
+    return tag
+
+
+def _config(dataset: str, preset: str, schedule: dict, **run) -> TrainConfig:
+    cfg = TrainConfig.preset(preset, dataset=dataset, **schedule, **run)
+    tag = schedule_tag(cfg)
+    name = run_name(
+        dataset, f"{preset}_{tag}" if tag else preset, cfg.cell, cfg.method, cfg.iters, cfg.stable
+    )  # lm_<dataset>_<preset>[_<schedule>]_<cell>_<method>[_k<k>][_stable]_<profile>
+    cfg.record_name, cfg.checkpoint = name, str(Path("checkpoints") / f"{name}.pt")
+    return cfg
+
+
+def lm_grid(
+    dataset: str, preset: str = "small", *, ks=KS, schedule: dict | None = None, cell: str = "lstm", **overrides
+) -> list[TrainConfig]:
+    """The runs of paper A's comparison on one corpus, in the order they should run.
+
+    BPTT (the baseline), jacobi-k and truncated-k for k in ``ks`` (truncated-1 is jacobi-1: with k = 1 both
+    read only the current token, so it is trained once), and the stable (projected) BPTT model. The order puts
+    the most informative, cheapest runs first: BPTT; jacobi-k for k <= 4 (paper A's question at small and
+    moderate k); truncated-k for k <= 4; jacobi-8 and truncated-8; the stable model; then larger k (the most
+    costly: a window of T tokens costs about (T + L(k-1)) k steps per layer). ``schedule``: epochs and lr
+    decay for every run (default :data:`SHORT`).
+    """
+    schedule = SHORT if schedule is None else schedule
+    ks = sorted(set(ks))
+    runs: list[dict[str, Any]] = [dict(method="bptt")]
+    runs += [dict(method="jacobi", iters=k) for k in ks if k <= 4]
+    runs += [dict(method="truncated", iters=k) for k in ks if 1 < k <= 4]
+    runs += [dict(method=m, iters=k) for k in ks if 4 < k <= 8 for m in ("jacobi", "truncated")]
+    runs.append(dict(method="bptt", stable=True))
+    runs += [dict(method=m, iters=k) for k in ks if k > 8 for m in ("jacobi", "truncated")]
+    return [_config(dataset, preset, schedule, cell=cell, **run, **overrides) for run in runs]
+
+
+def stability_grid(
+    dataset: str, preset: str = "small", *, schedule: dict | None = None, **overrides
+) -> list[TrainConfig]:
+    """Paper B's setting (arXiv 1805.10369): stable (projected) vs unstable LSTM and tanh RNN, trained by BPTT."""
+    schedule = SHORT if schedule is None else schedule
+    return [
+        _config(dataset, preset, schedule, cell=cell, stable=stable, **overrides)
+        for cell in ("lstm", "rnn")
+        for stable in (False, True)
+    ]
+
+
+def plan(dataset: str, grid: str = "lm", preset: str = "small", **kw) -> list[TrainConfig | str]:
+    """Everything the full experiments of one corpus run, in order: the training runs of ``grid`` ("lm":
+    :func:`lm_grid`; "stability": :func:`stability_grid`), with the evaluation of the BPTT model as every
+    jacobi-k / truncated-k and by Newton's method (:func:`mismatch`, an entry ``"mismatch:<run>"``) right after
+    the BPTT run: it is evaluation only, a fraction of one training run, and answers paper A's consistency
+    question for every k at once."""
+    if grid == "stability":
+        return list(stability_grid(dataset, preset, **kw))
+    if grid != "lm":
+        raise ValueError(f"grid must be 'lm' or 'stability', got {grid!r}")
+    runs = lm_grid(dataset, preset, **kw)
+    return [runs[0], f"mismatch:{runs[0].record_name}", *runs[1:]]
+
+
+def _done(cfg: TrainConfig) -> dict | None:
+    """The record of a finished run of ``cfg`` in results/, or None; a record of another configuration
+    under the same name is an error (never taken for this run's)."""
+    path = _results.results_dir() / f"{cfg.record_name}.json"
+    if not path.exists():
+        return None
+    rec = _results.load_json(path)
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SAME_RUN}
+    have = {k: v for k, v in (rec.get("train_config") or {}).items() if k not in _SAME_RUN}
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if diff:
+        raise ValueError(
+            f"{path} records another configuration than this run (differs in {', '.join(diff)}): "
+            "move it away or give this run another name"
         )
-    return grid
-
-
-def stability_grid(dataset: str, preset: str = "small", **overrides) -> list[TrainConfig]:
-    """Paper B's setting: stable (projected) vs unstable LSTM and tanh RNN, trained by BPTT."""
-    grid = []
-    for cell in ("lstm", "rnn"):
-        for stable in (False, True):
-            name = run_name(dataset, preset, cell, "bptt", None, stable)
-            grid.append(
-                TrainConfig.preset(
-                    preset,
-                    dataset=dataset,
-                    cell=cell,
-                    stable=stable,
-                    record_name=name,
-                    checkpoint=str(Path("checkpoints") / f"{name}.pt"),
-                    **overrides,
-                )
-            )
-    return grid
+    return rec
 
 
 def run_grid(
@@ -90,14 +181,12 @@ def run_grid(
     entry is ``{"finished": False, ...}``) and no further run starts; call again to go on. This is how the
     grid spans several short sittings (a GPU lease of 10-minute commands, say).
     """
-    import time
-
     started = time.perf_counter()
     records = []
     for cfg in grid:
-        done = _results.results_dir() / f"{cfg.record_name}.json"
-        if skip_done and done.exists():
-            records.append(_results.load_json(done))
+        done = _done(cfg) if skip_done else None
+        if done is not None:
+            records.append(done)
             continue
         left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
         if left is not None and left <= 0:
@@ -109,47 +198,42 @@ def run_grid(
     return records
 
 
-def lm_table(dataset: str, *, profile: str = "full", directory: Path | None = None) -> list[dict]:
-    """The recorded runs of ``dataset`` in results/ (full profile by default), sorted for display."""
-    rows = []
-    for path in _results.find(f"lm_{dataset.replace('-', '')}_*.json", directory):
-        rec = _results.load_json(path)
-        if rec.get("profile") == profile and "test_ppl" in rec:
-            rows.append(rec)
-    order = {"bptt": 0, "newton": 1, "quasi_newton": 2, "jacobi": 3, "truncated": 4}
-    return sorted(rows, key=lambda r: (r["config"], order.get(r["method"], 9), r.get("iters") or 0, r["stable"]))
+def _step_done(step: TrainConfig | str) -> bool:
+    if isinstance(step, str):
+        return (_results.results_dir() / f"analysis_mismatch_{step.split(':', 1)[1]}.json").exists()
+    return _done(step) is not None
 
 
-def format_table(rows: list[dict]) -> str:
-    """A Markdown table of recorded runs (valid/test perplexity, tokens/s, hardware)."""
-    lines = [
-        "| config | method | k | stable | valid ppl | test ppl | tokens/s | device |",
-        "|---|---|---:|---|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['method']} | {r.get('iters') or ''} | {'yes' if r['stable'] else ''} | "
-            f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} | {r['tokens_per_s']:,.0f} | {r['device']} |"
-        )
-    return "\n".join(lines)
+def run_plan(steps: list[TrainConfig | str], corpus, *, max_seconds: float | None = None, log=print) -> bool:
+    """Run the steps of :func:`plan` not done yet, in order, within ``max_seconds`` (None: no limit).
 
-
-def plot_ppl_vs_k(rows: list[dict], ax=None):
-    """Test perplexity against k for jacobi and truncated, with the BPTT baseline as a line."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
-    for method, marker in (("jacobi", "o"), ("truncated", "s")):
-        pts = sorted((r["iters"], r["test_ppl"]) for r in rows if r["method"] == method)
-        if pts:
-            ax.plot(*zip(*pts), marker=marker, label=method)
-    for r in rows:
-        if r["method"] == "bptt" and not r["stable"]:
-            ax.axhline(r["test_ppl"], color="k", ls="--", label=f"BPTT {r['test_ppl']:.1f}")
-    ax.set(xscale="log", xlabel="k (iterations / window)", ylabel="test perplexity")
-    ax.set_xticks(KS, [str(k) for k in KS])
-    ax.legend()
-    return ax
+    Returns True when every step is done. A training run the budget runs out in is checkpointed and paused;
+    calling again resumes it. An evaluation step runs when its trained model is there (else it waits).
+    """
+    started = time.perf_counter()
+    for step in steps:
+        left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
+        if _step_done(step):
+            continue
+        if isinstance(step, str):
+            name = step.split(":", 1)[1]
+            if not (_results.results_dir() / f"{name}.json").exists():
+                log(f"{step}: waiting for {name} to finish")
+                continue
+            if left is not None and left <= 0:
+                return False
+            log(f"{step}: evaluating")
+            mismatch(name, corpus)
+            continue
+        if left is not None and left <= 0:
+            return False
+        log(f"{step.record_name}: training ({step.epochs} epochs)")
+        record = run_grid([step], corpus, max_seconds=left)[-1]
+        if not record.get("finished", True):
+            log(f"{step.record_name}: paused at epoch {record['epoch']}, window {record['window']}")
+            return False
+        log(f"{step.record_name}: valid {record['valid_ppl']:.2f}, test {record['test_ppl']:.2f}")
+    return True
 
 
 def with_method(model: RNNLM, method: str, iters: int | None = None) -> RNNLM:
@@ -169,6 +253,221 @@ def with_method(model: RNNLM, method: str, iters: int | None = None) -> RNNLM:
     return twin.to(next(model.parameters()).device)
 
 
+def _identity(name: str, cfg: TrainConfig) -> dict[str, Any]:
+    """The fields that say which run an evaluation record is about."""
+    return dict(run=name, dataset=cfg.dataset, config=cfg.config, cell=cfg.cell, method=cfg.method, stable=cfg.stable)
+
+
+def mismatch(
+    name: str, corpus, *, ks=KS, split: str = "test", newton_tokens: int = 2_000, device=None
+) -> dict[str, Any]:
+    """Paper A's consistency point, measured: a trained model evaluated by other methods than it was trained by.
+
+    From run ``name``'s checkpoint: the perplexity on ``split`` evaluated as trained, and as jacobi-k and as
+    truncated-k for every k in ``ks`` (same windows and batch as training's evaluation); and on the first
+    ``newton_tokens`` tokens, as trained and by the exact fixed point ("newton", "quasi_newton"), which for
+    a recurrent model must agree. Written to results/analysis_mismatch_<name>.json.
+    """
+    from fpcore.results import save_json
+
+    model, cfg = load_trained(name, corpus.vocab_size, device)
+    tokens = getattr(corpus, split)
+
+    def ppl(m: RNNLM, toks: torch.Tensor) -> float:
+        return evaluate(m, toks, batch_size=cfg.eval_batch_size, bptt=cfg.bptt)
+
+    started = time.perf_counter()
+    as_k: dict[str, dict[str, float]] = {"jacobi": {}, "truncated": {}}
+    for k in ks:
+        for method in as_k:
+            as_k[method][str(k)] = ppl(with_method(model, method, k), tokens)
+    few = tokens[:newton_tokens]
+    fixed_point: dict[str, Any] = {
+        "tokens": int(few.numel()),
+        "ppl": {"newton": ppl(with_method(model, "newton"), few)},
+    }
+    fixed_point["ppl"][cfg.method] = ppl(model, few)
+    record = dict(
+        **_identity(name, cfg),
+        iters=cfg.iters,
+        layers=cfg.layers,
+        schedule=schedule_tag(cfg),
+        split=split,
+        tokens=int(tokens.numel()),
+        as_trained=ppl(model, tokens),
+        as_k=as_k,
+        fixed_point=fixed_point,
+        wall_time_s=time.perf_counter() - started,
+    )
+    record["path"] = str(save_json(f"analysis_mismatch_{name}", record, device=device))
+    return record
+
+
+# -- reading the records back -----------------------------------------------------------------------------
+def _describe_schedule(tc: dict) -> str:
+    """ "4 ep: lr 1 x3, then /2" from a record's train_config."""
+    e, d = int(tc.get("epochs") or 0), int(tc.get("decay_after") or 0)
+    s = f"{e} ep: lr {tc.get('lr', 1):g} x{min(d, e)}" + (f", then /{tc.get('lr_decay', 2):g}" if d < e else "")
+    if tc.get("max_train_tokens"):
+        s += f", first {tc['max_train_tokens']:,} train tokens"
+    return s
+
+
+def lm_table(dataset: str, *, profile: str = "full", directory: Path | None = None) -> list[dict]:
+    """The recorded runs of ``dataset`` in results/ (full profile by default), sorted for display.
+
+    Each row is the record plus ``schedule`` (a description of its epochs and lr decay) and ``order``. A
+    "jacobi" record without an ``order`` was written before the finite-order model existed, by the model now
+    called "jacobi_carry": it is shown under that name.
+    """
+    rows = []
+    for path in _results.find(f"lm_{dataset.replace('-', '')}_*.json", directory):
+        rec = _results.load_json(path)
+        if rec.get("profile") != profile or "test_ppl" not in rec:
+            continue
+        rec = dict(rec, file=path.name)
+        if rec["method"] == "jacobi" and "order" not in rec:
+            rec["method"] = "jacobi_carry"
+        rec.setdefault("order", model_order(rec["method"], rec.get("iters"), rec["layers"]))
+        rec["schedule"] = _describe_schedule(rec.get("train_config") or {"epochs": rec.get("epochs")})
+        rows.append(rec)
+    order = {"bptt": 0, "newton": 1, "quasi_newton": 2, "jacobi": 3, "truncated": 4, "jacobi_carry": 5}
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["config"],
+            r["schedule"],
+            r["cell"],
+            r["stable"],
+            order.get(r["method"], 9),
+            r.get("iters") or 0,
+        ),
+    )
+
+
+def mismatches(dataset: str, directory: Path | None = None) -> list[dict]:
+    """The recorded :func:`mismatch` evaluations of ``dataset``'s runs."""
+    pattern = f"analysis_mismatch_lm_{dataset.replace('-', '')}_*.json"
+    return [_results.load_json(p) for p in _results.find(pattern, directory)]
+
+
+def _cell(value: float | None, fmt: str = ".1f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of recorded runs (order, schedule, valid/test perplexity, tokens/s, hardware)."""
+    char = any(r["dataset"] == "ptb-char" for r in rows)
+    lines = [
+        "| config | schedule | cell | method | k | order | stable | valid ppl | test ppl | "
+        + ("test bpc | " if char else "")
+        + "tokens/s | device |",
+        "|---|---|---|---|---:|---:|---|---:|---:|" + ("---:|" if char else "") + "---:|---|",
+    ]
+    for r in rows:
+        order = r.get("order")
+        lines.append(
+            f"| {r['config']} | {r['schedule']} | {r['cell']} | {r['method']} | {r.get('iters') or ''} | "
+            f"{order if order else '∞'} | {'yes' if r['stable'] else ''} | {r['valid_ppl']:.1f} | "
+            f"{r['test_ppl']:.1f} | " + (f"{_cell(r.get('test_bpc'), '.3f')} | " if char else "") + ""
+            f"{r['tokens_per_s']:,.0f} | {r['device']} |"
+        )
+    return "\n".join(lines)
+
+
+def format_mismatch(records: list[dict], rows: list[dict] | None = None) -> str:
+    """A Markdown table: for each k, the model trained as jacobi-k / truncated-k (from ``rows``, same schedule)
+    beside the BPTT-trained model evaluated as jacobi-k / truncated-k (:func:`mismatch`), test perplexity."""
+    lines = []
+    for m in records:
+        trained = {
+            (r["method"], r.get("iters")): r["test_ppl"]
+            for r in rows or []
+            if r["config"] == m["config"]
+            and "train_config" in r
+            and schedule_tag(r["train_config"]) == m["schedule"]
+            and r["cell"] == m["cell"]
+            and not r["stable"]
+        }
+        lines += [
+            f"{m['run']} ({m['split']}, {m['tokens']:,} tokens; as trained: {m['as_trained']:.1f})",
+            "",
+            "| k | trained as jacobi-k | BPTT model as jacobi-k | trained as truncated-k | BPTT model as truncated-k |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for k in sorted(m["as_k"]["jacobi"], key=int):
+            t_jac = trained.get(("jacobi", int(k)))
+            t_tru = trained.get(("truncated", int(k))) or (t_jac if k == "1" else None)
+            lines.append(
+                f"| {k} | {_cell(t_jac)} | {m['as_k']['jacobi'][k]:.1f} | {_cell(t_tru)} | "
+                f"{m['as_k']['truncated'][k]:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def plot_ppl_vs_k(rows: list[dict], mismatch_record: dict | None = None, ax=None):
+    """Test perplexity against k: trained as jacobi-k and truncated-k (solid), the BPTT model evaluated as
+    each (dashed, from a :func:`mismatch` record), and the BPTT model as a line. One schedule's rows."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6.4, 4.0))[1]
+    jac = {r["iters"]: r["test_ppl"] for r in rows if r["method"] == "jacobi" and not r["stable"]}
+    tru = {r["iters"]: r["test_ppl"] for r in rows if r["method"] == "truncated" and not r["stable"]}
+    if 1 in jac:
+        tru.setdefault(1, jac[1])  # the same model
+    for pts, label, style in ((jac, "trained as jacobi-k", "o-C0"), (tru, "trained as truncated-k", "s-C1")):
+        if pts:
+            ks = sorted(pts)
+            ax.plot(ks, [pts[k] for k in ks], style, label=label)
+    if mismatch_record is not None:
+        for method, style in (("jacobi", "o--C0"), ("truncated", "s--C1")):
+            d = mismatch_record["as_k"][method]
+            ks = sorted(map(int, d))
+            ax.plot(ks, [d[str(k)] for k in ks], style, mfc="none", label=f"BPTT model evaluated as {method}-k")
+    for r in rows:
+        if r["method"] == "bptt" and not r["stable"] and r["cell"] == "lstm":
+            ax.axhline(r["test_ppl"], color="k", ls=":", label=f"BPTT {r['test_ppl']:.1f}")
+    ax.set(xscale="log", yscale="log", xlabel="k (Jacobi iterations per layer / truncation window)")
+    ax.set_ylabel("test perplexity")
+    shown = set(jac) | set(tru)
+    if mismatch_record is not None:
+        shown |= set(map(int, mismatch_record["as_k"]["jacobi"]))
+    ticks = sorted(shown)
+    if ticks:
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.legend(fontsize=8)
+    return ax
+
+
+def token_dependency(model: RNNLM, tokens: torch.Tensor) -> torch.Tensor:
+    """D [T, T]: D[t, s] = ||d logits_t / d embedding(x_s)|| for one stream ``tokens`` [T] fed as one window
+    from the stream start (autograd; eval mode). A model of order n has D[t, s] != 0 exactly for
+    t - n < s <= t (fewer at the start); the recurrent network for every s <= t."""
+    was_training = model.training
+    model.eval()
+    captured: list[torch.Tensor] = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = model.embed.register_forward_hook(keep)
+    try:
+        logits, _ = model(tokens[None])  # (1, T, V)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    rows: list[torch.Tensor] = []
+    for t in range(tokens.numel()):
+        captured[0].grad = None
+        logits[0, t].sum().backward(retain_graph=True)
+        grad = captured[0].grad
+        assert grad is not None  # the embedding is in the graph of every logit
+        rows.append(grad[0].norm(dim=-1))  # (T,)
+    return torch.stack(rows)
+
+
 def smallest_truncation(
     model: RNNLM,
     tokens: torch.Tensor,
@@ -185,7 +484,7 @@ def smallest_truncation(
     ``{"recurrent": ppl, "ppl": {k: ppl}, "k": smallest k or None}``.
     """
     recurrent = evaluate(with_method(model, "bptt"), tokens, batch_size=batch_size, bptt=bptt)
-    out = {"recurrent": recurrent, "ppl": {}, "k": None}
+    out: dict[str, Any] = {"recurrent": recurrent, "ppl": {}, "k": None}
     for k in ks:
         out["ppl"][k] = evaluate(with_method(model, "truncated", k), tokens, batch_size=batch_size, bptt=bptt)
         if out["ppl"][k] <= recurrent * (1 + rel):
@@ -256,12 +555,7 @@ def analyse_run(
     few = corpus.valid[:fixed_point_tokens]
     fixed_point = {m: evaluate(with_method(model, m), few, bptt=cfg.bptt) for m in ("bptt", "newton", "quasi_newton")}
     record = dict(
-        run=name,
-        dataset=cfg.dataset,
-        config=cfg.config,
-        cell=cfg.cell,
-        method=cfg.method,
-        stable=cfg.stable,
+        **_identity(name, cfg),
         eval_tokens=int(tokens.numel()),
         rel=rel,
         fixed_point=dict(tokens=int(few.numel()), ppl=fixed_point),
@@ -281,65 +575,47 @@ def analyses(dataset: str, directory: Path | None = None) -> list[dict]:
     return [_results.load_json(p) for p in _results.find(f"analysis_lm_{dataset.replace('-', '')}_*.json", directory)]
 
 
-def run_experiments(
-    dataset: str, *, stability_dataset: str, presets=("small", "medium"), max_seconds: float | None = None
-) -> bool:
-    """Notebooks 06/07's full profile: the grids of ``dataset`` for each preset, paper B's stability grid
-    on ``stability_dataset``, and :func:`analyse_run` for every finished stability run and BPTT baseline
-    that has no analysis yet. Within ``max_seconds`` (None: no limit); returns whether everything is done,
-    so a notebook re-run in the next sitting goes on from the checkpoints."""
-    import time
-
-    from fpcore.data import load_corpus
-
-    started = time.perf_counter()
-    main = load_corpus(dataset)
-    stab = main if stability_dataset == dataset else load_corpus(stability_dataset)
-    plans = [(lm_grid(dataset, p), main) for p in presets] + [(stability_grid(stability_dataset), stab)]
-    for grid, corpus in plans:
-        left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
-        records = run_grid(grid, corpus, max_seconds=left)
-        if len(records) < len(grid) or not all(r.get("finished", True) for r in records):
-            return False
-        for cfg in grid:
-            if cfg.method == "bptt" and not (_results.results_dir() / f"analysis_{cfg.record_name}.json").exists():
-                analyse_run(cfg.record_name, corpus)
-    return True
-
-
 def claims(rows: list[dict], *, jacobi_within: float = 0.03, stable_within: float = 0.05) -> list[str]:
-    """The issue's two claims, read off recorded runs (one line per config; nothing when a run is missing).
+    """The papers' claims read off recorded runs, one line per (config, schedule); nothing when a run is missing.
 
-    Paper A: the smallest k whose jacobi-k model is within ``jacobi_within`` of BPTT's test perplexity.
-    Paper B: the stable (projected) model against the unstable one, relative difference in test perplexity.
+    Paper A (arXiv 2106.02417): the smallest k whose model trained as jacobi-k is within ``jacobi_within`` of
+    BPTT's test perplexity (and the same for truncated-k), else "none" with the gap at the largest k.
+    Paper B (arXiv 1805.10369): the stable (projected) model against the unstable one, relative difference
+    in test perplexity (ptb-char: in bits per character).
     """
     lines = []
-    for config in sorted({r["config"] for r in rows}):
-        rs = [r for r in rows if r["config"] == config]
+    for config, schedule in sorted({(r["config"], r.get("schedule", "")) for r in rows}):
+        rs = [r for r in rows if r["config"] == config and r.get("schedule", "") == schedule]
+        where = f"{config}, {schedule}" if schedule else config
         base = next((r for r in rs if r["method"] == "bptt" and not r["stable"] and r["cell"] == "lstm"), None)
-        if base is None:
-            continue
-        ks = sorted(
-            r["iters"]
-            for r in rs
-            if r["method"] == "jacobi"
-            and r["cell"] == "lstm"
-            and r["test_ppl"] <= base["test_ppl"] * (1 + jacobi_within)
-        )
-        tried = sorted(r["iters"] for r in rs if r["method"] == "jacobi" and r["cell"] == "lstm")
-        if tried:
-            verdict = f"smallest k = {ks[0]}" if ks else "none"
-            lines.append(
-                f"{config}: paper A: jacobi-k within +{jacobi_within:.0%} of BPTT "
-                f"({base['test_ppl']:.1f}): {verdict} (k tried: {tried})"
-            )
+        if base is not None:
+            for method in ("jacobi", "truncated"):
+                got = {r["iters"]: r["test_ppl"] for r in rs if r["method"] == method and r["cell"] == "lstm"}
+                if method == "truncated" and 1 in {r["iters"] for r in rs if r["method"] == "jacobi"}:
+                    got.setdefault(1, next(r["test_ppl"] for r in rs if r["method"] == "jacobi" and r["iters"] == 1))
+                if not got or (method == "truncated" and set(got) == {1}):
+                    continue
+                within = sorted(k for k, v in got.items() if v <= base["test_ppl"] * (1 + jacobi_within))
+                top = max(got)
+                verdict = (
+                    f"smallest k = {within[0]}"
+                    if within
+                    else f"none up to k = {top} (k = {top}: {got[top] / base['test_ppl'] - 1:+.1%})"
+                )
+                lines.append(
+                    f"{where}: paper A: {method}-k within +{jacobi_within:.0%} of BPTT ({base['test_ppl']:.1f}): "
+                    f"{verdict} (k tried: {sorted(got)})"
+                )
         for cell in ("lstm", "rnn"):
             un = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and not r["stable"]), None)
             st = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and r["stable"]), None)
             if un and st:
-                d = st["test_ppl"] / un["test_ppl"] - 1
+                key, unit, f = (
+                    ("test_bpc", "bpc", ".3f") if "test_bpc" in un and "test_bpc" in st else ("test_ppl", "ppl", ".2f")
+                )
+                d = st[key] / un[key] - 1
                 lines.append(
-                    f"{config}: paper B: stable {cell} {st['test_ppl']:.2f} vs unstable {un['test_ppl']:.2f} "
+                    f"{where}: paper B: stable {cell} {st[key]:{f}} vs unstable {un[key]:{f}} test {unit} "
                     f"({d:+.1%}; within {stable_within:.0%}: {'yes' if abs(d) <= stable_within else 'no'})"
                 )
     return lines
@@ -369,3 +645,89 @@ def format_analyses(records: list[dict]) -> str:
             f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} | {fps} |"
         )
     return "\n".join(lines)
+
+
+# -- notebooks ---------------------------------------------------------------------------------------------
+def report(dataset: str, *, directory: Path | None = None, show: bool = True) -> dict[str, Any]:
+    """What results/ records for ``dataset``, for notebooks 06 and 07: tables (rendered as tables in Jupyter),
+    the papers' claims beside what was measured, and perplexity against k (trained as jacobi-k / truncated-k
+    and the BPTT model evaluated as each). Returns the pieces for the notebook's own asserts:
+    ``{"rows", "groups": {schedule: rows}, "mismatch": [records], "claims": [lines], "figures": [fig]}``."""
+    rows = lm_table(dataset, directory=directory)
+    found = mismatches(dataset, directory)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["schedule"], []).append(r)
+    lines = claims(rows)
+    figures: list[Any] = []
+    out: dict[str, Any] = dict(rows=rows, groups=groups, mismatch=found, claims=lines, figures=figures)
+    if not show:
+        return out
+    from IPython.display import Markdown, display
+
+    if not rows:
+        display(Markdown(f"No full-profile **{dataset}** run is recorded in results/ yet."))
+        return out
+    for schedule, rs in groups.items():
+        display(Markdown(f"**{dataset}, schedule {schedule}** ({len(rs)} runs)\n\n" + format_table(rs)))
+    if lines:
+        display(Markdown("\n".join(f"- {line}" for line in lines)))
+    if found:
+        display(Markdown(format_mismatch(found, rows)))
+    import matplotlib.pyplot as plt
+
+    for schedule, rs in groups.items():
+        ks = {r["iters"] for r in rs if r["method"] in ("jacobi", "truncated")}
+        if len(ks) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        m = next((x for x in found if x["run"] in {r["file"][:-5] for r in rs}), None)
+        plot_ppl_vs_k(rs, m, ax=ax)
+        ax.set_title(f"{dataset} {rs[0]['config']}, {schedule}\n{rs[0]['device']}", fontsize=9)
+        figures.append(fig)
+        plt.show()
+    return out
+
+
+# -- python -m fpcore.experiments ---------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) the full experiments of one corpus in priority order; exit 3 when the budget runs out."""
+    p = argparse.ArgumentParser(
+        prog="python -m fpcore.experiments",
+        description="Run the language-model experiments of one corpus (resumable: run the same command again).",
+    )
+    p.add_argument("dataset", choices=("ptb", "ptb-char", "wikitext-2"))
+    p.add_argument("--grid", choices=("lm", "stability"), default="lm", help="paper A's k grid or paper B's")
+    p.add_argument("--ks", default=",".join(map(str, KS)), help="the k of the lm grid, comma-separated")
+    p.add_argument("--max-minutes", type=float, default=None, help="pause (exit 3) after this long")
+    p.add_argument("--list", action="store_true", help="print the plan and what is done, run nothing")
+    args = p.parse_args(argv)
+    try:
+        ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
+        if not ks or min(ks) < 1:
+            raise ValueError
+    except ValueError:
+        p.error(f"--ks must be positive integers separated by commas, got {args.ks!r}")
+    if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
+        p.error(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    from fpcore import config
+
+    if config.profile() != "full":
+        print("note: FPCORE_PROFILE is not 'full': these runs are named and recorded as quick-profile runs")
+    steps = plan(args.dataset, args.grid, ks=ks) if args.grid == "lm" else plan(args.dataset, args.grid)
+    if args.list:
+        for s in steps:
+            name = s if isinstance(s, str) else s.record_name
+            print(f"{'done ' if _step_done(s) else 'to do'}  {name}")
+        return 0
+    from fpcore.data import load_corpus
+
+    corpus = load_corpus(args.dataset)
+    budget = None if args.max_minutes is None else 60 * args.max_minutes
+    done = run_plan(steps, corpus, max_seconds=budget, log=lambda s: print(s, flush=True))
+    print("all done" if done else "paused: run the same command again to resume")
+    return 0 if done else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

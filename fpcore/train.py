@@ -38,7 +38,7 @@ from torch import nn
 
 from fpcore import config as _config
 from fpcore.data import LMBatches, batchify
-from fpcore.models.lm import METHODS, RNNLM, detach_state
+from fpcore.models.lm import METHODS, RNNLM, check_token_ids, detach_state
 
 __all__ = ["TrainConfig", "PRESETS", "build_model", "fit", "evaluate"]
 
@@ -216,6 +216,7 @@ def evaluate(
     device: torch.device | str | None = None,
 ) -> float:
     """Perplexity exp(mean NLL) of ``model`` on a 1-D token stream, state carried across windows."""
+    check_token_ids(tokens, model.vocab)
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -293,6 +294,8 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
     train = corpus.train[: cfg.max_train_tokens] if cfg.max_train_tokens else corpus.train
     valid = corpus.valid[: cfg.max_eval_tokens] if cfg.max_eval_tokens else corpus.valid
     test = corpus.test[: cfg.max_eval_tokens] if cfg.max_eval_tokens else corpus.test
+    for split, ids in (("train", train), ("valid", valid), ("test", test)):
+        check_token_ids(ids, model.vocab, f"the {split} tokens")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     streams = batchify(train, cfg.batch_size)[rank::world]  # (B / world, L): this process's streams
@@ -410,7 +413,8 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
             "dataset": cfg.dataset,
             "config": cfg.config,
             "method": cfg.method,
-            "iters": cfg.iters if cfg.method in ("jacobi", "truncated") else None,
+            "iters": cfg.iters,
+            "order": model.order,  # the tokens each prediction reads (None: unbounded)
             "cell": cfg.cell,
             "hidden": cfg.hidden,
             "layers": cfg.layers,
@@ -454,7 +458,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), default="small", help="model size and schedule")
     p.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
     p.add_argument("--method", choices=METHODS, default="bptt")
-    p.add_argument("--iters", type=int, default=None, help="k for jacobi and truncated")
+    p.add_argument("--iters", type=int, default=None, help="k for jacobi, truncated and jacobi_carry")
     p.add_argument("--stable", action="store_true", help="project onto stable weights after every step")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")

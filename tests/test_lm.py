@@ -39,22 +39,152 @@ def markov_corpus(vocab: int = 12, n: int = 6000, seed: int = 0) -> Corpus:
     )
 
 
-def _twin(method, iters=None, cell="lstm", layers=2, seed=0):
+def _twin(method, iters=None, cell="lstm", layers=2, seed=0, vocab=11):
     torch.manual_seed(seed)
-    return RNNLM(11, 8, layers, cell=cell, method=method, iters=iters, tol=1e-12).double().eval()
+    return RNNLM(vocab, 8, layers, cell=cell, method=method, iters=iters, tol=1e-12).double().eval()
+
+
+def _stream_logits(model, tokens, window):
+    """Logits of a stream fed in windows of ``window`` tokens, the state carried (not detached)."""
+    out, state = [], None
+    for w in tokens.split(window, dim=1):
+        logits, state = model(w, state)
+        out.append(logits)
+    return torch.cat(out, 1)
+
+
+def _support(model, tokens, t, window=None):
+    """The stream positions s whose token embedding the logits at t depend on (non-zero gradient)."""
+    captured = []
+    hook = model.embed.register_forward_hook(lambda mod, inp, out: captured.append(out) or out.retain_grad())
+    try:
+        logits = _stream_logits(model, tokens, window or tokens.shape[1])
+    finally:
+        hook.remove()
+    logits[:, t].sum().backward()
+    # each forward embeds context + window: map the gradient of every embedded copy back to stream positions
+    grad = torch.zeros(tokens.shape[1], dtype=torch.float64)
+    start = 0
+    for w, emb in zip(tokens.split(window or tokens.shape[1], dim=1), captured):
+        C = emb.shape[1] - w.shape[1]  # the context tokens this window embedded before itself
+        g = emb.grad.abs().sum((0, 2)) if emb.grad is not None else torch.zeros(emb.shape[1], dtype=torch.float64)
+        grad[start - C : start + w.shape[1]] += g
+        start += w.shape[1]
+    return [s for s in range(tokens.shape[1]) if grad[s] > 0]
+
+
+def test_order_of_each_model():
+    assert [RNNLM(5, 4, L, method="jacobi", iters=k).order for L, k in ((1, 1), (1, 4), (2, 1), (2, 3), (3, 5))] == [
+        1,
+        4,
+        1,
+        5,
+        13,
+    ]
+    assert [RNNLM(5, 4, L, method="truncated", iters=k).order for L, k in ((1, 4), (2, 4), (3, 2))] == [4, 4, 2]
+    for method, iters in (("bptt", None), ("newton", None), ("quasi_newton", None), ("jacobi_carry", 3)):
+        model = RNNLM(5, 4, 2, method=method, iters=iters)
+        assert model.order is None and model.context == 0
+    assert RNNLM(5, 4, 2, method="jacobi", iters=3).context == 4
+
+
+TOKENS = torch.randint(0, 11, (2, 15), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("method, k", [("jacobi", 1), ("jacobi", 2), ("jacobi", 3), ("truncated", 2), ("truncated", 4)])
+def test_gradient_support_is_exactly_the_stated_window(method, k, layers):
+    """The logits at t depend on the tokens t-n+1..t (n = model.order) and on no other, across windows too."""
+    model = _twin(method, k, cell="gru" if k == 2 else "lstm", layers=layers)
+    n = model.order
+    for t in (0, 3, 9, 14):
+        for window in (15, 4):
+            model.zero_grad()
+            assert _support(model, TOKENS, t, window) == list(range(max(0, t - n + 1), t + 1)), (t, window)
+
+
+@pytest.mark.parametrize("method", ["bptt", "newton"])
+def test_the_recurrent_network_reads_every_earlier_token(method):
+    model = _twin(method)
+    assert _support(model, TOKENS, 13, window=5) == list(range(14))
+
+
+def test_carried_state_jacobi_has_its_documented_position_dependent_window():
+    """One layer, windows of 6, k = 2: a position i <= k of a window reads k + i tokens, later ones k."""
+    model, k, T = _twin("jacobi_carry", 2, layers=1), 2, 6
+    for t in range(15):
+        i = t % T + 1  # 1-based position in its window
+        first = t - k + 1 if (i > k or t < T) else t - i + 1 - k
+        model.zero_grad()
+        assert _support(model, TOKENS, t, window=T) == list(range(max(0, first), t + 1)), t
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("method, iters", [("newton", None), ("quasi_newton", None), ("jacobi", 7)])
+@pytest.mark.parametrize("method, k", [("jacobi", 1), ("jacobi", 3), ("truncated", 1), ("truncated", 3)])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_one_window_or_many_gives_the_same_logits(cell, method, k, layers):
+    model = _twin(method, k, cell=cell, layers=layers)
+    whole = _stream_logits(model, TOKENS, 15)
+    for window in (1, 2, 4, 7):
+        torch.testing.assert_close(_stream_logits(model, TOKENS, window), whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_jacobi_k_is_truncated_k_for_one_layer_only(cell, k):
+    """From the zero start, Jacobi's k-th iterate is the k-window truncated recurrence (this series' own
+    observation); with two layers jacobi-k reads L(k-1)+1 tokens and truncated-k only k, so they differ."""
+    jac, tru = _twin("jacobi", k, cell=cell, layers=1), _twin("truncated", k, cell=cell, layers=1)
+    tru.load_state_dict(jac.state_dict())
+    torch.testing.assert_close(_stream_logits(tru, TOKENS, 6), _stream_logits(jac, TOKENS, 6), rtol=1e-12, atol=1e-12)
+    jac2, tru2 = _twin("jacobi", k, cell=cell), _twin("truncated", k, cell=cell)
+    tru2.load_state_dict(jac2.state_dict())
+    gap = float((_stream_logits(tru2, TOKENS, 15) - _stream_logits(jac2, TOKENS, 15)).detach().abs().max())
+    assert gap == 0 if k == 1 else gap > 1e-6
+
+
+def test_jacobi_layers_are_papers_iteration_and_the_truncated_stack_is_the_network_over_k_tokens():
+    """References: jacobi = fpcore.fixed_point.solve(method="jacobi", iters=k) from zero on each layer over
+    the stream; truncated = torch's own layers run over the last k tokens from a zero state (paper B)."""
+    from fpcore import fixed_point
+
+    k = 3
+    jac, tru = _twin("jacobi", k), _twin("truncated", k)
+    tru.load_state_dict(jac.state_dict())
+    h = jac.embed(TOKENS)  # (B, T, H)
+    for rnn in jac.rnns:
+        h = fixed_point.solve(cells.from_torch(rnn), h, method="jacobi", iters=k).outputs
+    torch.testing.assert_close(_stream_logits(jac, TOKENS, 4), jac.decoder(h), rtol=1e-12, atol=1e-12)
+    ref = []
+    for t in range(TOKENS.shape[1]):
+        h = tru.embed(TOKENS[:, max(0, t - k + 1) : t + 1])  # the last k tokens (fewer at the start)
+        for rnn in tru.rnns:
+            h = rnn(h)[0]  # from a zero state
+        ref.append(tru.decoder(h[:, -1]))
+    torch.testing.assert_close(_stream_logits(tru, TOKENS, 4), torch.stack(ref, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("method, iters", [("newton", None), ("quasi_newton", None), ("jacobi_carry", 7)])
 def test_exact_methods_equal_bptt_across_windows(cell, method, iters):
     ref, model = _twin("bptt", cell=cell), _twin(method, iters, cell=cell)
     model.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 11, (3, 14), generator=torch.Generator().manual_seed(1))
     s_ref = s = None
-    for window in tokens.split(7, dim=1):  # two windows of 7: jacobi with k = 7 is exact, state carried
+    for window in tokens.split(7, dim=1):  # two windows of 7: k = 7 iterations are exact, state carried
         a, s_ref = ref(window, s_ref)
         b, s = model(window, s)
         torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
+
+
+def test_jacobi_with_k_beyond_the_stream_is_the_recurrent_network():
+    """Jacobi is exact at t <= k, so with k >= T each layer, and the model, is the recurrent network. (An order
+    n >= T is not enough: n says which tokens a position reads, not that it reads them exactly.)"""
+    ref, model = _twin("bptt"), _twin("jacobi", 14)  # k >= the 14 tokens
+    model.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(
+        _stream_logits(model, TOKENS[:, :14], 5), _stream_logits(ref, TOKENS[:, :14], 5), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_truncated_is_a_strict_kth_order_model_across_windows():
@@ -72,8 +202,8 @@ def test_truncated_is_a_strict_kth_order_model_across_windows():
     torch.testing.assert_close(torch.cat(logits, 1), ref.decoder(h), rtol=1e-9, atol=1e-9)
 
 
-def test_jacobi_k_is_approximate_and_carries_state():
-    ref, model = _twin("bptt", cell="gru", layers=1), _twin("jacobi", 2, cell="gru", layers=1)
+def test_carried_state_jacobi_is_approximate_and_carries_state():
+    ref, model = _twin("bptt", cell="gru", layers=1), _twin("jacobi_carry", 2, cell="gru", layers=1)
     model.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 11, (2, 10), generator=torch.Generator().manual_seed(3))
     a, _ = ref(tokens)
@@ -81,6 +211,43 @@ def test_jacobi_k_is_approximate_and_carries_state():
     torch.testing.assert_close(b[:, :2], a[:, :2])  # exact for t <= k
     assert float((a - b).detach().abs().max()) > 1e-6  # approximate after
     assert state[0].shape == (1, 2, 8)
+
+
+@pytest.mark.parametrize(
+    "method, k, layers", [("jacobi", 3, 2), ("truncated", 4, 2), ("jacobi", 2, 1), ("bptt", None, 2)]
+)
+def test_next_log_probs_are_the_streams(method, k, layers):
+    """Scoring histories (lattice rescoring): a history of at least n tokens gives the log-probabilities the
+    model assigns inside the stream; a shorter one is the start of a stream."""
+    model = _twin(method, k, layers=layers)
+    stream = torch.log_softmax(_stream_logits(model, TOKENS, 15), -1)  # (B, T, V)
+    n = model.order
+    for t in (0, 2, 6, 14):
+        if n is not None or t < 3:
+            start = 0 if n is None else max(0, t - n - 2)  # a few tokens more than needed: ignored
+            got = model.next_log_probs(TOKENS[:, start : t + 1])
+            torch.testing.assert_close(got, stream[:, t], rtol=1e-10, atol=1e-10)
+    if n is not None:
+        hists = [TOKENS[0, : t + 1].tolist() for t in (0, 5, 3, 14, 1)]
+        got = model.next_log_probs(hists, batch_size=2)
+        torch.testing.assert_close(got, stream[0, [0, 5, 3, 14, 1]], rtol=1e-10, atol=1e-10)
+        assert torch.allclose(got.exp().sum(-1), torch.ones(5, dtype=got.dtype))
+    assert model.training is False
+    with pytest.raises(ValueError, match="at least one token"):
+        model.next_log_probs(TOKENS[:, :0])
+
+
+def test_token_ids_outside_the_vocabulary_are_a_clear_error():
+    model = _twin("bptt")
+    for bad in (torch.tensor([[1, 11]]), torch.tensor([[-1, 2]])):
+        with pytest.raises(ValueError, match=r"ids in \[0, 11\) \(the model's vocabulary\)"):
+            model(bad)
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"histories must be ids in \[0, 11\)"):
+        model.next_log_probs([[3, 12]])
+    with pytest.raises(ValueError, match=r"ids in \[0, 11\)"):
+        evaluate(model.float(), torch.tensor([1, 2, 3, 40, 5, 6, 7]), batch_size=1, bptt=3)
 
 
 def test_bad_model_arguments_are_clear():
@@ -234,27 +401,6 @@ def test_torchrun_data_parallel_on_two_cpu_processes_matches_one(tmp_path):
     assert two["valid"] == pytest.approx(one["valid"], rel=1e-4)
 
 
-def test_smallest_truncation_and_contraction_of_a_trained_model():
-    from fpcore import experiments
-
-    corpus = markov_corpus()
-    cfg = _tiny_cfg(cell="rnn", epochs=2)
-    model = build_model(cfg, corpus.vocab_size)
-    fit(model, corpus, cfg)
-    found = experiments.smallest_truncation(model, corpus.valid, rel=0.01, ks=(1, 2, 4, 8, 16, 32, 64), bptt=10)
-    assert found["k"] is not None and found["k"] in found["ppl"]
-    assert found["ppl"][found["k"]] <= found["recurrent"] * 1.01
-    smaller = [k for k in found["ppl"] if k < found["k"]]
-    assert all(found["ppl"][k] > found["recurrent"] * 1.01 for k in smaller)
-    # a long enough window is the recurrent model itself
-    long = experiments.with_method(model, "truncated", 400)
-    assert evaluate(long, corpus.valid[:400], batch_size=1, bptt=400) == pytest.approx(
-        evaluate(model, corpus.valid[:400], batch_size=1, bptt=400), rel=1e-5
-    )
-    norms = experiments.lm_contraction(model, corpus.valid, k=2, windows=4, length=20)
-    assert len(norms) == 1 and norms[0].shape == (4, 19) and bool((norms[0] >= 0).all())
-
-
 def test_a_time_budget_pauses_and_resumes_to_the_same_result(tmp_path):
     corpus = markov_corpus()
     whole_cfg = _tiny_cfg(epochs=2, dropout=0.2)
@@ -274,96 +420,6 @@ def test_a_time_budget_pauses_and_resumes_to_the_same_result(tmp_path):
     assert record["test_ppl"] == pytest.approx(whole["test_ppl"], rel=1e-9)
     with pytest.raises(ValueError, match="needs cfg.checkpoint"):
         fit(build_model(whole_cfg, corpus.vocab_size), corpus, whole_cfg, max_seconds=1.0)
-
-
-def test_run_grid_spends_a_budget_pauses_and_skips_finished_runs(tmp_path, monkeypatch):
-    from fpcore import experiments
-    from fpcore.train import run_name
-
-    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.chdir(tmp_path)  # checkpoints/ lands here
-    corpus = markov_corpus()
-    grid = [
-        _tiny_cfg(
-            epochs=1,
-            method=m,
-            iters=k,
-            record_name=run_name("markov", "tiny", "lstm", m, k),
-            checkpoint=str(tmp_path / "checkpoints" / f"{run_name('markov', 'tiny', 'lstm', m, k)}.pt"),
-        )
-        for m, k in (("bptt", None), ("jacobi", 2))
-    ]
-    assert grid[1].record_name == "lm_markov_tiny_lstm_jacobi_k2_quick"
-    calls, records = 0, [{"finished": False}]
-    while not all(r.get("finished", True) for r in records) or len(records) < len(grid):
-        calls += 1
-        records = experiments.run_grid(grid, corpus, max_seconds=0.05)
-        assert calls < 2000
-        assert sum(not r.get("finished", True) for r in records) <= 1, "at most the one run the budget ran out in"
-    assert calls > 2, "the budget paused the grid more than once"
-    assert [r["method"] for r in records] == ["bptt", "jacobi"] and all(r["finished"] for r in records)
-    # finished runs are read back, not trained again, and the analysis reads the checkpoint the run left
-    again = experiments.run_grid(grid, corpus, max_seconds=0.0)
-    assert [r["test_ppl"] for r in again] == [r["test_ppl"] for r in records]
-    ana = experiments.analyse_run(grid[0].record_name, corpus, eval_tokens=300, ks=(1, 2, 4, 64))
-    assert ana["truncation"]["recurrent_ppl"] > 1 and len(ana["contraction"]) == grid[0].layers
-    fp = ana["fixed_point"]["ppl"]
-    assert fp["newton"] == pytest.approx(fp["bptt"], rel=1e-4) and fp["quasi_newton"] == pytest.approx(
-        fp["bptt"], rel=1e-4
-    )
-    assert (tmp_path / "results" / f"analysis_{grid[0].record_name}.json").exists()
-    assert experiments.analyses("markov")[0]["run"] == grid[0].record_name
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        experiments.analyse_run("lm_markov_tiny_gru_bptt_quick", corpus)
-
-
-def _rec(config="small", method="bptt", iters=None, cell="lstm", stable=False, test_ppl=100.0):
-    return dict(config=config, method=method, iters=iters, cell=cell, stable=stable, test_ppl=test_ppl)
-
-
-def test_claims_read_the_smallest_k_and_the_stability_gap_off_the_records():
-    from fpcore import experiments
-
-    rows = [
-        _rec(test_ppl=100.0),
-        _rec(method="jacobi", iters=1, test_ppl=110.0),
-        _rec(method="jacobi", iters=4, test_ppl=102.9),
-        _rec(method="jacobi", iters=8, test_ppl=101.0),
-        _rec(stable=True, test_ppl=104.0),
-        _rec(cell="rnn", test_ppl=150.0),
-        _rec(cell="rnn", stable=True, test_ppl=160.0),
-        _rec(config="medium", method="jacobi", iters=2),
-    ]
-    lines = experiments.claims(rows)
-    assert lines[0] == "small: paper A: jacobi-k within +3% of BPTT (100.0): smallest k = 4 (k tried: [1, 4, 8])"
-    assert lines[1].startswith("small: paper B: stable lstm 104.00 vs unstable 100.00 (+4.0%; within 5%: yes")
-    assert lines[2].endswith("(+6.7%; within 5%: no)")
-    assert len(lines) == 3, "medium has no BPTT baseline: no claim is made for it"
-    assert "none" in experiments.claims([_rec(), _rec(method="jacobi", iters=2, test_ppl=120.0)])[0]
-
-
-def test_format_analyses_shows_the_smallest_window_or_that_none_was_close():
-    from fpcore import experiments
-
-    layer = dict(median=0.5, p90=0.8, p99=0.9, max=1.2, frac_above_1=0.01)
-    found = dict(
-        run="lm_ptb_small_lstm_bptt_full",
-        contraction=[layer, layer],
-        truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "2": 121.0}, smallest_k=2),
-    )
-    none = dict(
-        run="lm_ptb_small_rnn_bptt_full",
-        contraction=[layer],
-        truncation=dict(recurrent_ppl=120.0, ppl={"1": 300.0, "64": 130.0}, smallest_k=None),
-    )
-    table = experiments.format_analyses([found, none])
-    assert "| lm_ptb_small_lstm_bptt_full | 120.00 | 2 | 121.00 | 0.50 / 0.80 / 1.20; 0.50 / 0.80 / 1.20 |" in table
-    assert "| lm_ptb_small_rnn_bptt_full | 120.00 | > 64 | nan |" in table
-    found["fixed_point"] = dict(tokens=1000, ppl=dict(bptt=120.0, newton=120.0001, quasi_newton=119.9999))
-    found["eval_tokens"] = 20_000
-    table = experiments.format_analyses([found])
-    assert "| lm_ptb_small_lstm_bptt_full | 120.00 (20,000) | 2 |" in table
-    assert "| 1.0%; 1.0% | 120.000 / 120.000 / 120.000 (1,000) |" in table
 
 
 def test_the_loss_is_summed_over_time_like_zarembas():
