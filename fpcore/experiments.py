@@ -306,7 +306,10 @@ def mismatch(
 # -- reading the records back -----------------------------------------------------------------------------
 def _describe_schedule(tc: dict) -> str:
     """ "4 ep: lr 1 x3, then /2" from a record's train_config."""
-    e, d = int(tc.get("epochs") or 0), int(tc.get("decay_after") or 0)
+    e = int(tc.get("epochs") or 0)
+    if tc.get("decay_after") is None:  # a record that did not store its schedule
+        return f"{e} ep" if e else "?"
+    d = int(tc["decay_after"])
     s = f"{e} ep: lr {tc.get('lr', 1):g} x{min(d, e)}" + (f", then /{tc.get('lr_decay', 2):g}" if d < e else "")
     if tc.get("max_train_tokens"):
         s += f", first {tc['max_train_tokens']:,} train tokens"

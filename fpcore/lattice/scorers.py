@@ -236,19 +236,11 @@ class NGramLM:
 
 # -- fpcore's RNNLM -----------------------------------------------------------------------------------------------
 def order_of(model: torch.nn.Module) -> int | None:
-    """The order n of an RNNLM (the logits at t read x_{t-n+1..t}), None if unbounded.
-
-    ``model.order`` when the model states it; otherwise (models without that attribute, whose "truncated" and
-    "jacobi" truncate each layer separately when run from a zero state over one window) L(k - 1) + 1 for those
-    two methods, None (recurrent) for every other.
-    """
+    """The order n of a language model (its logits at t read x_{t-n+1..t}): ``model.order``, None (unbounded)
+    for a recurrent model or a model that states none. :class:`fpcore.models.lm.RNNLM` states it: L(k - 1) + 1
+    for ``"jacobi"`` with k iterations per layer over L layers, k for ``"truncated"``, None otherwise."""
     order = getattr(model, "order", None)
-    if isinstance(order, int):
-        return order
-    method, k, layers = getattr(model, "method", None), getattr(model, "iters", None), getattr(model, "layers", 1)
-    if method in ("truncated", "jacobi") and isinstance(k, int):
-        return layers * (k - 1) + 1
-    return None
+    return order if isinstance(order, int) else None
 
 
 class TorchLM:
