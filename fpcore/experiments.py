@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from fpcore import results as _results
+from fpcore.checkpoint import checkpoint_path
 from fpcore.models.lm import RNNLM
-from fpcore.train import TrainConfig, build_model, evaluate, fit, load_trained, run_name
+from fpcore.train import TrainConfig, build_model, evaluate, find_record, fit, load_trained, run_name
 
 __all__ = [
     "KS",
@@ -53,7 +54,7 @@ def lm_grid(dataset: str, preset: str, *, ks=KS, cell: str = "lstm", **overrides
                 dataset=dataset,
                 cell=cell,
                 record_name=name,
-                checkpoint=str(Path("checkpoints") / f"{name}.pt"),
+                checkpoint=str(checkpoint_path(name)),
                 **run,
                 **overrides,
             )
@@ -74,7 +75,7 @@ def stability_grid(dataset: str, preset: str = "small", **overrides) -> list[Tra
                     cell=cell,
                     stable=stable,
                     record_name=name,
-                    checkpoint=str(Path("checkpoints") / f"{name}.pt"),
+                    checkpoint=str(checkpoint_path(name)),
                     **overrides,
                 )
             )
@@ -84,7 +85,8 @@ def stability_grid(dataset: str, preset: str = "small", **overrides) -> list[Tra
 def run_grid(
     grid: list[TrainConfig], corpus, *, skip_done: bool = True, max_seconds: float | None = None
 ) -> list[dict]:
-    """Run every config not yet in results/ (each resumes from its checkpoint if one exists).
+    """Run every config without a finished record of exactly its configuration (each resumes from its
+    checkpoint if one exists); a record of the same name from another configuration does not count.
 
     ``max_seconds``: a budget for the whole call. The run it runs out in is checkpointed and paused (its
     entry is ``{"finished": False, ...}``) and no further run starts; call again to go on. This is how the
@@ -95,9 +97,9 @@ def run_grid(
     started = time.perf_counter()
     records = []
     for cfg in grid:
-        done = _results.results_dir() / f"{cfg.record_name}.json"
-        if skip_done and done.exists():
-            records.append(_results.load_json(done))
+        done = find_record(cfg) if skip_done else None
+        if done is not None:
+            records.append(done)
             continue
         left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
         if left is not None and left <= 0:

@@ -101,6 +101,8 @@ def reproduce(out: Path, *, profile: str = "quick", only: list[str] | None = Non
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fpcore import cli
+
     p = sub.add_parser(
         "reproduce",
         help="execute every notebook (quick profile by default) into a build folder, with HTML",
@@ -115,7 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only notebooks whose name contains NAME")
     p.add_argument(
-        "--timeout", type=int, default=None, help="per-cell timeout in seconds (default: 900 in quick, none in full)"
+        "--timeout",
+        type=cli.positive(int),
+        default=None,
+        help="per-cell timeout in seconds (default: 900 in quick, none in full)",
     )
     p.set_defaults(
         func=lambda a: reproduce(
