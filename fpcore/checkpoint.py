@@ -230,9 +230,10 @@ def load(
                 f"checkpoint {path} is corrupt: its contents do not match its checksum (a flipped bit or an edit); "
                 f"restore a good copy, or {fix}"
             )
-        have = saved.get("identity")
-        if not isinstance(have, dict) or saved.get("fingerprint") != fingerprint(have):
+        stored = saved.get("identity")
+        if not isinstance(stored, dict) or saved.get("fingerprint") != fingerprint(stored):
             raise CheckpointError(f"checkpoint {path} has no valid identity; {fix}")
+        have = stored
     wanted = _canonical(identity) if identity is not None else have
     if fingerprint(have) != fingerprint(wanted):
         raise CheckpointError(

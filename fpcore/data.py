@@ -576,6 +576,7 @@ def _cli_data(args) -> int:
     corpora = [load_corpus(name, args.root) for name in args.corpora or REGISTRY]  # verify all first
     print(f"{'corpus':<11} {'split':<6} {'tokens':>10} {'lines':>7} {'types':>7} {'vocab':>7}  file (sha256 verified)")
     for name, corpus in zip(args.corpora or REGISTRY, corpora):
+        assert corpus.root is not None  # load_corpus sets it
         for split, s in corpus.stats().items():
             fspec = REGISTRY[name].files[split]
             print(

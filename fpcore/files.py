@@ -126,7 +126,7 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
 
 def atomic_write(
     path: str | os.PathLike,
-    data: bytes | Callable[[BinaryIO], None],
+    data: bytes | bytearray | memoryview | Callable[[BinaryIO], None],
     *,
     check: Callable[[Path], None] | None = None,
     what: str = "file",

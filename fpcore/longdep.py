@@ -190,11 +190,13 @@ class LongDepNet(nn.Module):
 
         self.kind, self.backend = cfg.model, cfg.backend
         self.inp = SignedOneHot(cfg.p, cfg.embed)
+        self.rnn: nn.Module
         if cfg.model == "gilr-lstm":
-            self.rnn = SurrogateStack("gilr-lstm", cfg.embed, cfg.hidden, cfg.layers, forget_bias=cfg.forget_bias)
+            stack = SurrogateStack("gilr-lstm", cfg.embed, cfg.hidden, cfg.layers, forget_bias=cfg.forget_bias)
             if cfg.init == "chrono":
-                for layer in self.rnn.layers:
-                    layer.chrono_init_(cfg.seq_len)
+                for layer in stack.layers:
+                    layer.chrono_init_(cfg.seq_len)  # type: ignore[operator]
+            self.rnn = stack
         else:
             self.rnn = nn.LSTM(cfg.embed, cfg.hidden, cfg.layers, batch_first=True)
             H = cfg.hidden
