@@ -115,7 +115,8 @@ def test_model_reads_the_lookup_inputs_like_dense_one_hots():
         (dict(seed=-1), "seed"),
     ],
 )
-def test_bad_config_raises_value_error(kw, match):
+def test_bad_config_raises_value_error_before_training(kw, match, monkeypatch):
+    monkeypatch.setattr(LongDepNet, "forward", lambda *a: pytest.fail("trained before checking the config"))
     with pytest.raises(ValueError, match=match):
         train_longdep(LongDepConfig(**{**TINY, **kw}))
 
