@@ -10,7 +10,9 @@ Every trainer in fpcore (language models: :mod:`fpcore.train`; the long-dependen
 3. one folder setting for checkpoints, :func:`checkpoint_dir` (``$FPCORE_CHECKPOINT_DIR``, else
    ``checkpoints/`` at the repository root, which git ignores);
 4. :func:`check_finite` on every loss: a NaN or inf stops the run with one clear line, and the newest
-   checkpoint on disk is the last finite state (a checkpoint holding a non-finite tensor is never written).
+   checkpoint on disk is the last finite state (a checkpoint holding a non-finite tensor is never written);
+5. a :class:`GracefulInterrupt` around the loop: a first Ctrl-C only asks the loop to stop at its next
+   safe point, where it checkpoints and raises KeyboardInterrupt (a second Ctrl-C stops at once).
 
     ck = Checkpointer(path, cfg.identity())
     saved = ck.load()                     # None, or the verified dict
@@ -34,7 +36,9 @@ import io
 import json
 import os
 import pickle
+import signal
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,7 @@ __all__ = [
     "save",
     "load",
     "check_finite",
+    "GracefulInterrupt",
     "rng_state",
     "set_rng_state",
 ]
@@ -307,6 +312,33 @@ def check_finite(value: float, *, what: str, where: str, checkpointer: Checkpoin
         f"{what} became {value} at {where}: training stopped; {last}. "
         "Lower the learning rate or clip gradients harder, and train again"
     )
+
+
+class GracefulInterrupt:
+    """``with GracefulInterrupt(enabled) as stop:`` turns a first Ctrl-C (SIGINT) into ``stop.requested =
+    True``, for the loop to check at a point where its state is whole (a window or step boundary): it then
+    checkpoints and raises KeyboardInterrupt. A second Ctrl-C raises at once. Only in the main thread, and
+    only over Python's default handler (a handler someone else installed is left alone)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.requested = enabled, False
+        self._before: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> GracefulInterrupt:
+        main = threading.current_thread() is threading.main_thread()
+        if self.enabled and main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._before = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._before is not None:
+            signal.signal(signal.SIGINT, self._before)
+            self._before = None
 
 
 # -- random-number state: part of every resumable state ---------------------------------------------------------

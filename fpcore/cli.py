@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         # --record: exported to the environment, so notebooks run by `reproduce --record` record too
         with results.recording() if getattr(args, "record", False) else contextlib.nullcontext():
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a trainer says which checkpoint to resume from
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, TrainingDiverged) as err:  # DataError, CheckpointError, WriteError: no traceback
         message = str(err).strip() or type(err).__name__

@@ -313,33 +313,38 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     )
     model.train()
     t0 = time.perf_counter() - elapsed
-    while streak < cfg.streak and step < cfg.max_iters and (cfg.max_time_s is None or elapsed < cfg.max_time_s):
-        if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
-            torch.set_num_threads(cfg.threads)  # Numba's OpenMP start-up (first scan) resets torch's count
-        symbols, labels = sign_batch(cfg.batch, cfg.seq_len, p=cfg.p, seed=cfg.seed, step=step, device=device)
-        logits = model(symbols)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(dtype))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        else:
-            norm = nn.utils.get_total_norm([q.grad for q in model.parameters() if q.grad is not None])
-        loss_value = loss.item()  # syncs the device
-        where = f"step {step}"
-        _ckpt.check_finite(loss_value, what="the training loss", where=where, checkpointer=ckpt)
-        _ckpt.check_finite(float(norm), what="the gradient norm", where=where, checkpointer=ckpt)
-        opt.step()  # only after the checks: the weights stay finite
-        acc = ((logits.detach() > 0).to(labels.dtype) == labels).float().mean().item()
-        losses.append(loss_value)
-        accs.append(acc)
-        streak = streak + 1 if acc == 1.0 else 0
-        step += 1
-        elapsed = time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.2f}", streak=streak)
-        if step % cfg.checkpoint_every == 0:
-            checkpoint_now()
+    with _ckpt.GracefulInterrupt(enabled=cfg.checkpoint is not None) as stop:  # Ctrl-C: checkpoint, then stop
+        while streak < cfg.streak and step < cfg.max_iters and (cfg.max_time_s is None or elapsed < cfg.max_time_s):
+            if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
+                torch.set_num_threads(cfg.threads)  # Numba's OpenMP start-up (first scan) resets torch's count
+            symbols, labels = sign_batch(cfg.batch, cfg.seq_len, p=cfg.p, seed=cfg.seed, step=step, device=device)
+            logits = model(symbols)
+            loss = F.binary_cross_entropy_with_logits(logits, labels.to(dtype))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip > 0:
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            else:
+                norm = nn.utils.get_total_norm([q.grad for q in model.parameters() if q.grad is not None])
+            loss_value = loss.item()  # syncs the device
+            where = f"step {step}"
+            _ckpt.check_finite(loss_value, what="the training loss", where=where, checkpointer=ckpt)
+            _ckpt.check_finite(float(norm), what="the gradient norm", where=where, checkpointer=ckpt)
+            opt.step()  # only after the checks: the weights stay finite
+            acc = ((logits.detach() > 0).to(labels.dtype) == labels).float().mean().item()
+            losses.append(loss_value)
+            accs.append(acc)
+            streak = streak + 1 if acc == 1.0 else 0
+            step += 1
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.2f}", streak=streak)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint_now()
+            if stop.requested:
+                checkpoint_now()
+                bar.close()
+                raise KeyboardInterrupt(f"{ckpt.describe()}: run the same command again to resume")
     bar.close()
     checkpoint_now()
 

@@ -41,7 +41,6 @@ import datetime
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -647,15 +646,17 @@ class _Run:
 
 
 class _Budget:
-    """A time budget for one call of fit, the same verdict in every process."""
+    """When to stop early, with the same verdict in every process: a time budget for one call of fit, or
+    a Ctrl-C (``stop``)."""
 
-    def __init__(self, seconds: float | None, world: int):
-        self.seconds, self.world, self.started = seconds, world, time.perf_counter()
+    def __init__(self, seconds: float | None, world: int, stop: _ckpt.GracefulInterrupt):
+        self.seconds, self.world, self.stop, self.started = seconds, world, stop, time.perf_counter()
 
     def spent(self) -> bool:
-        if self.seconds is None:
-            return False
-        return not _all(time.perf_counter() - self.started <= self.seconds, self.world)
+        if self.seconds is None and self.world == 1:
+            return self.stop.requested
+        in_time = self.seconds is None or time.perf_counter() - self.started <= self.seconds
+        return not _all(in_time and not self.stop.requested, self.world)
 
 
 def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = None) -> dict[str, Any]:
@@ -711,9 +712,16 @@ def _fit(model: RNNLM, corpus, cfg: TrainConfig, max_seconds: float | None, targ
     run = _Run(model, corpus, cfg, rank, world)
     if run.resumed and cfg.progress and rank == 0:
         print(f"resuming from {run.ckpt.describe()}", file=sys.stderr)
-    if not run.train(_Budget(max_seconds, world)):
+    with _ckpt.GracefulInterrupt(enabled=run.ckpt.path is not None) as stop:
+        finished = run.train(_Budget(max_seconds, world, stop))
+    if not finished:
         _end_distributed(world, own_group)
         p = run.progress
+        if stop.requested:
+            raise KeyboardInterrupt(
+                f"checkpoint {run.ckpt.path} holds epoch {p.epoch}, window {p.window}: run the same training "
+                "again to resume"
+            )
         return {"finished": False, "epoch": p.epoch, "window": p.window, "checkpoint": str(run.ckpt.path)}
     record = run.record() if rank == 0 else {}
     _end_distributed(world, own_group)
@@ -785,12 +793,13 @@ def launch(command: list[str], nproc: int, *, grace_s: float = 10.0) -> int:
                     if rank not in codes:
                         proc.kill()
             time.sleep(0.05)
-    except KeyboardInterrupt:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the processes too: each checkpoints at its next window
+        try:
+            for proc in procs:
+                proc.wait(timeout=grace_s * 6)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            for proc in procs:
+                proc.kill()
         return 130
     if all(c == 0 for c in codes.values()):
         return 0

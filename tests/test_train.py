@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import random
+import signal
 import sys
 import textwrap
 
@@ -411,3 +412,46 @@ def test_a_timeout_setting_that_is_not_a_number_is_refused(monkeypatch):
         train.dist_timeout()
     monkeypatch.setenv("FPCORE_DIST_TIMEOUT", "90")
     assert train.dist_timeout().total_seconds() == 90
+
+
+def test_ctrl_c_checkpoints_at_the_next_window_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+    corpus = toy_corpus()
+    cfg = _cfg(checkpoint=str(tmp_path / "ck.pt"), checkpoint_every=100, dropout=0.2)
+    whole = fit(build_model(cfg, 10), corpus, dataclasses.replace(cfg, checkpoint=str(tmp_path / "whole.pt")))
+    step, calls = train._Run._step, [0]
+
+    def interrupted(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C does, in the middle of a window
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(train._Run, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt, match=r"ck.pt holds epoch 1, window 5: run the same training again"):
+        fit(build_model(cfg, 10), corpus, cfg)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    again = fit(build_model(cfg, 10), corpus, cfg)
+    assert again["history"] == whole["history"] and again["test_ppl"] == whole["test_ppl"]
+
+
+def test_ctrl_c_on_the_long_dependency_task_checkpoints_too(tmp_path, monkeypatch):
+    from fpcore.longdep import LongDepConfig, LongDepNet, train_longdep
+
+    base = dict(seq_len=16, hidden=4, layers=1, batch=4, embed=4, lr=0.03, progress=False, device="cpu", save=False)
+    whole = train_longdep(LongDepConfig(max_iters=8, streak=1000, **base))
+    forward, calls = LongDepNet.forward, [0]
+
+    def interrupted(self, symbols):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, symbols)
+
+    monkeypatch.setattr(LongDepNet, "forward", interrupted)
+    ck = str(tmp_path / "ck.pt")
+    with pytest.raises(KeyboardInterrupt, match=r"ck.pt \(step 3\): run the same command again"):
+        train_longdep(LongDepConfig(max_iters=8, streak=1000, checkpoint=ck, **base))
+    monkeypatch.undo()
+    rest = train_longdep(LongDepConfig(max_iters=8, streak=1000, checkpoint=ck, resume=True, **base))
+    assert rest.losses == whole.losses
