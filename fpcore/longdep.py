@@ -16,7 +16,8 @@ as if it had never stopped.
 The loop has fpcore's one training shape (:mod:`fpcore.checkpoint`): ``LongDepConfig.identity()`` defines
 the run, a :class:`fpcore.checkpoint.Checkpointer` holds its resumable state (atomic, checksummed, written
 for this identity whatever the path's spelling), a NaN or inf loss or gradient stops the run before the
-step with the last finite checkpoint named, and the record's name and folder are checked before training.
+step with the last finite checkpoint named, Ctrl-C checkpoints at the end of the step, and the record's
+name and folder are checked before training.
 
 Every finished run writes one record, ``longdep_<model>_T<seq_len>_h<hidden>x<layers>_s<seed>.json`` (plus
 ``_<fingerprint>`` when other settings differ from :class:`LongDepConfig`'s defaults; or ``cfg.name``) in the

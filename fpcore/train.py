@@ -26,6 +26,7 @@ defines the run, a :class:`fpcore.checkpoint.Checkpointer` holds its resumable s
   writes the record without training.
 - Divergence: a NaN or inf loss or gradient stops training before the step is applied, with a message
   naming the window and the checkpoint holding the last finite state.
+- Ctrl-C: the run checkpoints at the end of the window it is in and stops, saying where to resume from.
 
 Data parallel: under ``torchrun``, or ``python -m fpcore train --nproc-per-node N`` (which returns exit 3 for
 a paused run as one process does), each process takes every world-th stream and gradients are averaged by
