@@ -210,9 +210,8 @@ def load(
     except PermissionError as err:
         raise CheckpointError(f"checkpoint {path} cannot be read: {err.strerror}") from None
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, IndexError, KeyError) as err:
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"checkpoint {path} is not a readable checkpoint (truncated, or not a torch file: {reason}); {fix}"
+            f"checkpoint {path} is not a readable checkpoint (truncated, or not a torch file: {_reason(err)}); {fix}"
         ) from None
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(saved).__name__}, not an fpcore checkpoint; {fix}")
@@ -252,6 +251,16 @@ def load(
     if bad:
         raise CheckpointError(f"checkpoint {path} holds NaN or inf in {bad}: it cannot be resumed; {fix}")
     return {k: v for k, v in saved.items() if k not in _META}
+
+
+def _reason(err: BaseException) -> str:
+    """torch's reason for refusing a file, in a few words."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" in text:  # torch's unpickler met something that is not plain data
+        return "its contents are not plain tensors and numbers"
+    if not text:
+        return type(err).__name__
+    return text if len(text) <= 100 else text[:100].rsplit(" ", 1)[0] + " ..."
 
 
 class Checkpointer:
