@@ -95,7 +95,11 @@ def device(prefer: str | torch.device | None = None) -> torch.device:
     choice = prefer if prefer is not None else os.environ.get("FPCORE_DEVICE")
     if choice is None or str(choice) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(choice)
+    try:
+        dev = torch.device(choice)
+    except (RuntimeError, TypeError):
+        source = "" if prefer is not None else " (from $FPCORE_DEVICE)"
+        raise ValueError(f"device {str(choice)!r}{source} is not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(dev)!r} was asked for, but torch sees no CUDA device here")
     return dev

@@ -17,8 +17,10 @@ original file names (``ptb.train.txt``, ``wiki.train.tokens``) are accepted too.
 
 Every file is checked before it is read: present, not empty, not truncated, the exact size, the
 exact sha256 and valid UTF-8. Any failure raises :class:`DataError` naming the file, the expected
-hash and what to do. Downloads go to a temporary file that is renamed into place only after its
-sha256 matched, so an interrupted or corrupted download never leaves a file in the cache.
+hash and what to do. Downloads go through :func:`fpcore.files.atomic_write`: a temporary file renamed
+into place only after its sha256 matched, so an interrupted or corrupted download never leaves a file in
+the cache, and the temporary file of a killed download is removed the next time the corpus is loaded.
+Cached files are created readable by others (mode 0644 under the usual umask).
 
 Tokenisation follows pytorch/examples' ``word_language_model``: each line is split on white space
 and ends with one ``<eos>``. The vocabulary is built from the training split in order of first
@@ -37,13 +39,14 @@ import argparse
 import functools
 import hashlib
 import os
-import tempfile
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from fpcore.files import REPO_ROOT, atomic_write, clean_stale
 
 __all__ = [
     "DataError",
@@ -65,7 +68,6 @@ __all__ = [
 EOS = "<eos>"
 UNK = "<unk>"
 WORD_BOUNDARY = "_"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
@@ -231,11 +233,21 @@ def _fix_hint(spec: FileSpec, origin: str) -> str:
     return hint
 
 
+def _unreadable(path: Path, err: OSError) -> DataError:
+    return DataError(
+        f"{path}: cannot be read ({err.strerror or err}); give this user read permission (chmod a+r {path}) "
+        "or point FPCORE_DATA_DIR at a readable copy"
+    )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise _unreadable(path, err) from None
     return digest.hexdigest()
 
 
@@ -247,6 +259,8 @@ def verify_file(path: str | os.PathLike, spec: FileSpec, *, origin: str = "argum
     """
     path = Path(path)
     expect = f"expected sha256 {spec.sha256} ({spec.size:,} bytes)"
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file; {expect}. {_fix_hint(spec, origin)}")
     if not path.is_file():
         raise DataError(f"{path}: file not found; {expect}. {_fix_hint(spec, origin)}")
     size = path.stat().st_size
@@ -258,7 +272,7 @@ def verify_file(path: str | os.PathLike, spec: FileSpec, *, origin: str = "argum
         )
     if size != spec.size:
         raise DataError(f"{path}: file has {size:,} bytes, not {spec.size:,}; {expect}. {_fix_hint(spec, origin)}")
-    got = _sha256(path)
+    got = _sha256(path)  # the first read: a file without read permission fails here
     if got != spec.sha256:
         raise DataError(f"{path}: sha256 is {got}; {expect}. The file differs. {_fix_hint(spec, origin)}")
     return path
@@ -267,7 +281,10 @@ def verify_file(path: str | os.PathLike, spec: FileSpec, *, origin: str = "argum
 def read_text(path: str | os.PathLike, spec: FileSpec | None = None) -> str:
     """Read a verified file as UTF-8; undecodable bytes raise DataError with their offset."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise _unreadable(path, err) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -286,23 +303,25 @@ def _download(spec: FileSpec, dest: Path) -> Path:
         raise DataError(
             f"{dest}: file not found and no download source is registered for it. {_fix_hint(spec, 'cache')}"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    for old in dest.parent.glob(f".{dest.name}.*.part") if dest.parent.is_dir() else ():
+        old.unlink(missing_ok=True)  # left by a killed download of an earlier fpcore
     failures = []
     for url in spec.urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+
+        def fetch(out, url=url) -> None:
+            with urllib.request.urlopen(url, timeout=60) as resp:
                 with tqdm(total=spec.size, unit="B", unit_scale=True, desc=f"download {spec.path}", leave=False) as bar:
                     for block in iter(lambda: resp.read(1 << 16), b""):
                         out.write(block)
                         bar.update(len(block))
+
+        def check(tmp: Path) -> None:
             verify_file(tmp, spec, origin="cache")
-            os.replace(tmp, dest)
-            return dest
+
+        try:
+            return atomic_write(dest, fetch, check=check, what="corpus file")
         except (OSError, DataError) as err:
             failures.append(f"{url}: {err}")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     raise DataError(
         f"{dest}: could not download it; expected sha256 {spec.sha256} ({spec.size:,} bytes). Tried:\n  "
         + "\n  ".join(failures)
@@ -312,8 +331,10 @@ def _download(spec: FileSpec, dest: Path) -> Path:
 
 def _file_for(spec: FileSpec, root: Path, origin: str) -> Path:
     path = _locate(root, spec)
-    if origin == "cache" and not path.exists():
-        path = _download(spec, root / spec.path)
+    if origin == "cache":
+        clean_stale(root / spec.path)  # temporary files of killed downloads
+        if not path.exists():
+            path = _download(spec, root / spec.path)
     return verify_file(path, spec, origin=origin)
 
 
@@ -555,6 +576,7 @@ def _cli_data(args) -> int:
     corpora = [load_corpus(name, args.root) for name in args.corpora or REGISTRY]  # verify all first
     print(f"{'corpus':<11} {'split':<6} {'tokens':>10} {'lines':>7} {'types':>7} {'vocab':>7}  file (sha256 verified)")
     for name, corpus in zip(args.corpora or REGISTRY, corpora):
+        assert corpus.root is not None  # load_corpus sets it
         for split, s in corpus.stats().items():
             fspec = REGISTRY[name].files[split]
             print(

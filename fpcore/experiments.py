@@ -38,8 +38,9 @@ from typing import Any
 import torch
 
 from fpcore import results as _results
+from fpcore.checkpoint import checkpoint_path
 from fpcore.models.lm import RNNLM, model_order
-from fpcore.train import TrainConfig, build_model, evaluate, fit, load_trained, run_name
+from fpcore.train import TrainConfig, build_model, evaluate, find_record, fit, load_trained, run_name
 
 __all__ = [
     "KS",
@@ -72,7 +73,6 @@ KS = (1, 2, 4, 8, 16)
 # The one shortened schedule of the CPU grid, for every method of every corpus: lr 1 for 3 epochs, then halved
 # (Zaremba's lr and decay factor, the decay three epochs after the start instead of four, four epochs in all).
 SHORT: dict[str, Any] = dict(epochs=4, decay_after=3, lr_decay=2.0)
-_SAME_RUN = ("progress", "device", "checkpoint", "checkpoint_every", "record_name", "eval_batch_size")
 
 
 def schedule_tag(cfg: TrainConfig | dict) -> str:
@@ -101,7 +101,7 @@ def _config(dataset: str, preset: str, schedule: dict, **run) -> TrainConfig:
     name = run_name(
         dataset, f"{preset}_{tag}" if tag else preset, cfg.cell, cfg.method, cfg.iters, cfg.stable
     )  # lm_<dataset>_<preset>[_<schedule>]_<cell>_<method>[_k<k>][_stable]_<profile>
-    cfg.record_name, cfg.checkpoint = name, str(Path("checkpoints") / f"{name}.pt")
+    cfg.record_name, cfg.checkpoint = name, str(checkpoint_path(name))
     return cfg
 
 
@@ -154,28 +154,11 @@ def plan(dataset: str, grid: str = "lm", preset: str = "small", **kw) -> list[Tr
     return [runs[0], f"mismatch:{runs[0].record_name}", *runs[1:]]
 
 
-def _done(cfg: TrainConfig) -> dict | None:
-    """The record of a finished run of ``cfg`` in results/, or None; a record of another configuration
-    under the same name is an error (never taken for this run's)."""
-    path = _results.results_dir() / f"{cfg.record_name}.json"
-    if not path.exists():
-        return None
-    rec = _results.load_json(path)
-    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SAME_RUN}
-    have = {k: v for k, v in (rec.get("train_config") or {}).items() if k not in _SAME_RUN}
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-    if diff:
-        raise ValueError(
-            f"{path} records another configuration than this run (differs in {', '.join(diff)}): "
-            "move it away or give this run another name"
-        )
-    return rec
-
-
 def run_grid(
     grid: list[TrainConfig], corpus, *, skip_done: bool = True, max_seconds: float | None = None
 ) -> list[dict]:
-    """Run every config not yet in results/ (each resumes from its checkpoint if one exists).
+    """Run every config without a finished record of exactly its configuration (each resumes from its
+    checkpoint if one exists); a record of the same name from another configuration does not count.
 
     ``max_seconds``: a budget for the whole call. The run it runs out in is checkpointed and paused (its
     entry is ``{"finished": False, ...}``) and no further run starts; call again to go on. This is how the
@@ -184,7 +167,7 @@ def run_grid(
     started = time.perf_counter()
     records = []
     for cfg in grid:
-        done = _done(cfg) if skip_done else None
+        done = find_record(cfg) if skip_done else None
         if done is not None:
             records.append(done)
             continue
@@ -200,8 +183,8 @@ def run_grid(
 
 def _step_done(step: TrainConfig | str) -> bool:
     if isinstance(step, str):
-        return (_results.results_dir() / f"analysis_mismatch_{step.split(':', 1)[1]}.json").exists()
-    return _done(step) is not None
+        return bool(_results.find(f"analysis_mismatch_{step.split(':', 1)[1]}.json"))
+    return find_record(step) is not None
 
 
 def run_plan(steps: list[TrainConfig | str], corpus, *, max_seconds: float | None = None, log=print) -> bool:
@@ -217,7 +200,7 @@ def run_plan(steps: list[TrainConfig | str], corpus, *, max_seconds: float | Non
             continue
         if isinstance(step, str):
             name = step.split(":", 1)[1]
-            if not (_results.results_dir() / f"{name}.json").exists():
+            if not _results.find(f"{name}.json"):
                 log(f"{step}: waiting for {name} to finish")
                 continue
             if left is not None and left <= 0:
@@ -306,10 +289,7 @@ def mismatch(
 # -- reading the records back -----------------------------------------------------------------------------
 def _describe_schedule(tc: dict) -> str:
     """ "4 ep: lr 1 x3, then /2" from a record's train_config."""
-    e = int(tc.get("epochs") or 0)
-    if tc.get("decay_after") is None:  # a record that did not store its schedule
-        return f"{e} ep" if e else "?"
-    d = int(tc["decay_after"])
+    e, d = int(tc.get("epochs") or 0), int(tc.get("decay_after") or 0)
     s = f"{e} ep: lr {tc.get('lr', 1):g} x{min(d, e)}" + (f", then /{tc.get('lr_decay', 2):g}" if d < e else "")
     if tc.get("max_train_tokens"):
         s += f", first {tc['max_train_tokens']:,} train tokens"

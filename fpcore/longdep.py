@@ -13,8 +13,17 @@ paper C's criterion, ``streak`` (5) consecutive minibatches at 100% accuracy, or
 resumed from a checkpoint (model, optimiser, step, streak, history, elapsed time) continues exactly
 as if it had never stopped.
 
-Every finished run writes one record, ``results/longdep_<model>_T<seq_len>_h<hidden>x<layers>_s<seed>.json``
-(or ``cfg.name``), through :func:`fpcore.results.save_json`.
+The loop has fpcore's one training shape (:mod:`fpcore.checkpoint`): ``LongDepConfig.identity()`` defines
+the run, a :class:`fpcore.checkpoint.Checkpointer` holds its resumable state (atomic, checksummed, written
+for this identity whatever the path's spelling), a NaN or inf loss or gradient stops the run before the
+step with the last finite checkpoint named, Ctrl-C checkpoints at the end of the step, and the record's
+name and folder are checked before training.
+
+Every finished run writes one record, ``longdep_<model>_T<seq_len>_h<hidden>x<layers>_s<seed>.json`` (plus
+``_<fingerprint>`` when other settings differ from :class:`LongDepConfig`'s defaults; or ``cfg.name``) in the
+results folder (:mod:`fpcore.results`: ``build/results/`` unless recording), with the configuration's
+fingerprint. The command line checkpoints every run (``<name>.pt`` in :func:`fpcore.checkpoint.checkpoint_dir`)
+and resumes it when the same command is run again.
 
 CPU (notebook 02's quick run: about 130 iterations; 15-35 s measured on a busy 2-core machine,
 Numba's first compile included)::
@@ -32,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import resource
 import sys
 import time
@@ -44,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpcore.bench import positive
+from fpcore import checkpoint as _ckpt
+from fpcore import results as _results
 from fpcore.tasks import MAX_T, P, SignedOneHot, sign_batch
 
 __all__ = [
@@ -79,7 +88,7 @@ class LongDepConfig:
     lr: float = 1e-3  # Adam
     init: str = "chrono"  # gate biases: "chrono" (Tallec & Ollivier 2018, t_max = seq_len) or "constant"
     forget_bias: float = 1.0  # init="constant": the forget-gate bias (both models; GILR-LSTM's surrogate too)
-    clip: float = 1.0  # gradient-norm clip (<= 0: off)
+    clip: float = 1.0  # gradient-norm clip (0: off)
     seed: int = 0  # model init and data stream
     dtype: str = "float32"
     max_iters: int = 20_000  # (run) budget in minibatches
@@ -113,16 +122,36 @@ class LongDepConfig:
     )
 
     def validate(self) -> LongDepConfig:
+        """Check every field (a ValueError naming the first bad one); return self."""
+        from fpcore import config
+        from fpcore.scan import BACKENDS
+
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if not 2 <= self.seq_len <= MAX_T:
+        if not isinstance(self.seq_len, int) or not 2 <= self.seq_len <= MAX_T:
             raise ValueError(f"seq_len must be in [2, 2^20 = {MAX_T}], got {self.seq_len}")
         for key in ("hidden", "layers", "batch", "embed", "p", "max_iters", "streak", "checkpoint_every"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be an int in [0, 2^31), got {self.seed!r}")
+        for key, ok, rule in (
+            ("lr", lambda v: v > 0, "> 0"),
+            ("clip", lambda v: v >= 0, ">= 0 (0: off)"),
+            ("forget_bias", lambda v: True, ""),
+            ("max_time_s", lambda v: v > 0, "> 0 (or None)"),
+        ):
+            value = getattr(self, key)
+            if key == "max_time_s" and value is None:
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{key} must be a finite number {rule}, got {value!r}")
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        config.device(None if self.device == "auto" else self.device)  # a ValueError for a device not here
+        if self.name is not None:
+            _results.check_name(self.name)
         if self.init not in ("chrono", "constant"):
             raise ValueError(f"init must be 'chrono' or 'constant', got {self.init!r}")
         if self.dtype not in ("float32", "float64"):
@@ -134,11 +163,23 @@ class LongDepConfig:
         return self
 
     def run_name(self) -> str:
-        return self.name or f"longdep_{self.model}_T{self.seq_len}_h{self.hidden}x{self.layers}_s{self.seed}"
+        """``cfg.name``, else ``longdep_<model>_T<seq_len>_h<hidden>x<layers>_s<seed>``, plus the first 8 hex
+        digits of :meth:`fingerprint` when another field of the experiment differs from the defaults, so
+        that two different runs never share a default name."""
+        if self.name:
+            return self.name
+        base = f"longdep_{self.model}_T{self.seq_len}_h{self.hidden}x{self.layers}_s{self.seed}"
+        plain = LongDepConfig(model=self.model, seq_len=self.seq_len, hidden=self.hidden, layers=self.layers)
+        plain.seed = self.seed
+        return base if plain.identity() == self.identity() else f"{base}_{self.fingerprint()[:8]}"
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (a checkpoint must match them to be resumed)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}
+
+    def fingerprint(self) -> str:
+        """:func:`fpcore.results.fingerprint` of :meth:`identity`."""
+        return _results.fingerprint(self.identity())
 
 
 class LongDepNet(nn.Module):
@@ -150,11 +191,13 @@ class LongDepNet(nn.Module):
 
         self.kind, self.backend = cfg.model, cfg.backend
         self.inp = SignedOneHot(cfg.p, cfg.embed)
+        self.rnn: nn.Module
         if cfg.model == "gilr-lstm":
-            self.rnn = SurrogateStack("gilr-lstm", cfg.embed, cfg.hidden, cfg.layers, forget_bias=cfg.forget_bias)
+            stack = SurrogateStack("gilr-lstm", cfg.embed, cfg.hidden, cfg.layers, forget_bias=cfg.forget_bias)
             if cfg.init == "chrono":
-                for layer in self.rnn.layers:
-                    layer.chrono_init_(cfg.seq_len)
+                for layer in stack.layers:
+                    layer.chrono_init_(cfg.seq_len)  # type: ignore[operator]
+            self.rnn = stack
         else:
             self.rnn = nn.LSTM(cfg.embed, cfg.hidden, cfg.layers, batch_first=True)
             H = cfg.hidden
@@ -203,20 +246,20 @@ def _peak_mem(device: torch.device) -> tuple[int, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "process max RSS (ru_maxrss)"
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written checkpoint
-
-
 def train_longdep(cfg: LongDepConfig) -> LongDepResult:
     """Train ``cfg.model`` on problem 2b until ``cfg.streak`` perfect minibatches in a row or the budget.
 
-    Returns a :class:`LongDepResult`; writes ``results/<cfg.run_name()>.json`` when ``cfg.save``.
-    Raises ValueError for a bad config or a checkpoint from a different experiment.
+    Returns a :class:`LongDepResult`; writes ``<results>/<cfg.run_name()>.json`` when ``cfg.save``.
+    Raises, each with a one-line message: ValueError for a bad config, a record name or folder that cannot be
+    written or a record of that name from another configuration (all before training);
+    :class:`fpcore.checkpoint.CheckpointError` for a checkpoint that cannot be resumed (damaged, or of a
+    different experiment); :class:`fpcore.checkpoint.TrainingDiverged` for a NaN or inf loss;
+    :class:`fpcore.files.WriteError` when the finished run's record cannot be written (the checkpoint, if
+    any, keeps the finished state).
     """
     cfg.validate()
+    if cfg.save:  # before training: a bad name or folder costs nothing
+        _results.check_target(cfg.run_name(), fingerprint=cfg.fingerprint(), directory=cfg.results_dir)
     if cfg.threads is None:
         return _train(cfg)
     before = torch.get_num_threads()
@@ -231,6 +274,7 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     from tqdm.auto import tqdm
 
     from fpcore import config as fpconfig
+    from fpcore.files import WriteError
     from fpcore.results import device_name, git_commit, save_json
 
     device = fpconfig.device(None if cfg.device == "auto" else cfg.device)
@@ -239,34 +283,26 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     model = LongDepNet(cfg).to(device=device, dtype=dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, streak, elapsed, losses, accs = 0, 0, 0.0, [], []
-    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
-    if cfg.resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["identity"] != cfg.identity():
-            diff = sorted(k for k in cfg.identity() if state["identity"].get(k) != cfg.identity()[k])
-            raise ValueError(f"checkpoint {ckpt} is from a different experiment (differs in: {', '.join(diff)})")
+    ckpt = _ckpt.Checkpointer(
+        cfg.checkpoint,
+        cfg.identity(),
+        required=("model", "optimizer", "step", "streak", "elapsed_s", "losses", "accuracies"),
+        legacy_identity=lambda saved: saved["identity"],
+    )
+    state = ckpt.load() if cfg.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, streak, elapsed = state["step"], state["streak"], state["elapsed_s"]
         losses, accs = state["losses"], state["accuracies"]
+        ckpt.last = f"step {step}"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def checkpoint_now():
-        if ckpt is not None:
-            _save_checkpoint(
-                ckpt,
-                {
-                    "identity": cfg.identity(),
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": step,
-                    "streak": streak,
-                    "elapsed_s": elapsed,
-                    "losses": losses,
-                    "accuracies": accs,
-                },
-            )
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "streak": streak}
+        state.update(elapsed_s=elapsed, losses=losses, accuracies=accs)
+        ckpt.save(state, label=f"step {step}")
 
     bar = tqdm(
         total=cfg.max_iters,
@@ -278,30 +314,38 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     )
     model.train()
     t0 = time.perf_counter() - elapsed
-    while streak < cfg.streak and step < cfg.max_iters and (cfg.max_time_s is None or elapsed < cfg.max_time_s):
-        if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
-            torch.set_num_threads(cfg.threads)  # Numba's OpenMP start-up (first scan) resets torch's count
-        symbols, labels = sign_batch(cfg.batch, cfg.seq_len, p=cfg.p, seed=cfg.seed, step=step, device=device)
-        logits = model(symbols)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(dtype))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        acc = ((logits.detach() > 0).to(labels.dtype) == labels).float().mean().item()  # syncs the device
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}; lower lr or raise clip")
-        losses.append(loss_value)
-        accs.append(acc)
-        streak = streak + 1 if acc == 1.0 else 0
-        step += 1
-        elapsed = time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.2f}", streak=streak)
-        if ckpt is not None and step % cfg.checkpoint_every == 0:
-            checkpoint_now()
+    with _ckpt.GracefulInterrupt(enabled=cfg.checkpoint is not None) as stop:  # Ctrl-C: checkpoint, then stop
+        while streak < cfg.streak and step < cfg.max_iters and (cfg.max_time_s is None or elapsed < cfg.max_time_s):
+            if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
+                torch.set_num_threads(cfg.threads)  # Numba's OpenMP start-up (first scan) resets torch's count
+            symbols, labels = sign_batch(cfg.batch, cfg.seq_len, p=cfg.p, seed=cfg.seed, step=step, device=device)
+            logits = model(symbols)
+            loss = F.binary_cross_entropy_with_logits(logits, labels.to(dtype))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip > 0:
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            else:
+                norm = nn.utils.get_total_norm([q.grad for q in model.parameters() if q.grad is not None])
+            loss_value = loss.item()  # syncs the device
+            where = f"step {step}"
+            _ckpt.check_finite(loss_value, what="the training loss", where=where, checkpointer=ckpt)
+            _ckpt.check_finite(float(norm), what="the gradient norm", where=where, checkpointer=ckpt)
+            opt.step()  # only after the checks: the weights stay finite
+            acc = ((logits.detach() > 0).to(labels.dtype) == labels).float().mean().item()
+            losses.append(loss_value)
+            accs.append(acc)
+            streak = streak + 1 if acc == 1.0 else 0
+            step += 1
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.2f}", streak=streak)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint_now()
+            if stop.requested:
+                checkpoint_now()
+                bar.close()
+                raise KeyboardInterrupt(f"{ckpt.describe()}: run the same command again to resume")
     bar.close()
     checkpoint_now()
 
@@ -331,7 +375,11 @@ def _train(cfg: LongDepConfig) -> LongDepResult:
     path = None
     if cfg.save:
         directory = Path(cfg.results_dir) if cfg.results_dir else None
-        path = save_json(cfg.run_name(), record, device=device, directory=directory)
+        try:
+            path = save_json(cfg.run_name(), record, device=device, directory=directory, fingerprint=cfg.fingerprint())
+        except (OSError, ValueError) as err:
+            keep = f"the finished run is in {ckpt.describe()}" if cfg.checkpoint else "the run kept no checkpoint"
+            raise WriteError(f"{err}; {keep}: fix that and run it again (resuming) to write the record") from err
     return LongDepResult(record, path, list(losses), list(accs))
 
 
@@ -392,7 +440,7 @@ def paper_configs(*, quick: bool) -> list[LongDepConfig]:
 
 
 def run_profile(*, quick: bool, results_dir: str | None = None) -> list[LongDepResult]:
-    """Train every run of :func:`paper_configs`; records go to ``results_dir`` (None: results/)."""
+    """Train every run of :func:`paper_configs`; records go to ``results_dir`` (None: the results folder)."""
     out = []
     for cfg in paper_configs(quick=quick):
         cfg.results_dir = results_dir
@@ -482,35 +530,46 @@ def records_table(records: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-_positive_int = positive(int)
-_positive_float = positive(float)
-
-
 def _seq_len(text: str) -> int:
-    value = _positive_int(text)
+    from fpcore import cli
+
+    value = cli.positive(int)(text)
     if not 2 <= value <= MAX_T:
         raise argparse.ArgumentTypeError(f"must be in [2, {MAX_T}] (2^20), got {value}")
     return value
 
 
+def _seed(text: str) -> int:
+    from fpcore import cli
+
+    value = cli.non_negative(int)(text)
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"must be < 2^31, got {value}")
+    return value
+
+
 def register(subparsers) -> None:
     """``python -m fpcore longdep``: train on the long-dependency task and record the run."""
+    from fpcore import cli
+    from fpcore.scan import BACKENDS
+
     d = LongDepConfig()
+    positive_int, positive_float = cli.positive(int), cli.positive(float)
     p = subparsers.add_parser(
         "longdep",
         help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C, section 6.1)",
         description="Train on Hochreiter & Schmidhuber problem 2b (sign of x_0 after T-1 random one-hots) until "
         f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if "
-        "the budget ends first); writes "
-        "results/longdep_<model>_T<T>_h<H>x<L>_s<seed>.json.",
+        "the budget ends first); writes the record longdep_<model>_T<T>_h<H>x<L>_s<seed>[_<fingerprint>].json "
+        "(see --record). The run checkpoints as it goes and resumes when the same command is run again.",
     )
     p.add_argument("--model", choices=MODELS, default=d.model, help=f"default {d.model}")
     p.add_argument("--seq-len", type=_seq_len, default=d.seq_len, help=f"T (default {d.seq_len}; up to 1048576)")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"units per layer (default {d.hidden})")
-    p.add_argument("--layers", type=_positive_int, default=d.layers, help=f"default {d.layers}")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"default {d.batch}")
-    p.add_argument("--embed", type=_positive_int, default=d.embed, help=f"input lookup width (default {d.embed})")
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"units per layer (default {d.hidden})")
+    p.add_argument("--layers", type=positive_int, default=d.layers, help=f"default {d.layers}")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"default {d.batch}")
+    p.add_argument("--embed", type=positive_int, default=d.embed, help=f"input lookup width (default {d.embed})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
     p.add_argument(
         "--init",
         choices=("chrono", "constant"),
@@ -519,32 +578,48 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--forget-bias",
-        type=float,
+        type=cli.finite,
         default=d.forget_bias,
         help=f"forget-gate bias with --init constant (default {d.forget_bias})",
     )
-    p.add_argument("--clip", type=float, default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--max-iters", type=_positive_int, default=d.max_iters, help=f"default {d.max_iters}")
-    p.add_argument("--max-time", type=_positive_float, default=None, help="budget in seconds (default none)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads for the run (default: torch's)")
-    p.add_argument("--backend", default="auto", help="linear_scan backend for gilr-lstm (default auto)")
-    p.add_argument("--checkpoint", help="checkpoint file (written every --checkpoint-every steps and at the end)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every)
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    p.add_argument("--name", help="record file stem (default longdep_<model>_T<T>_h<H>x<L>_s<seed>)")
-    p.add_argument("--results-dir", help="where the record goes (default results/)")
+    p.add_argument(
+        "--clip", type=cli.non_negative(float), default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip})"
+    )
+    p.add_argument("--seed", type=_seed, default=d.seed, help=f"model init and data stream (default {d.seed})")
+    p.add_argument("--max-iters", type=positive_int, default=d.max_iters, help=f"default {d.max_iters}")
+    p.add_argument("--max-time", type=positive_float, default=None, help="budget in seconds (default none)")
+    p.add_argument("--device", type=cli.device, default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads for the run (default: torch's)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="linear_scan backend for gilr-lstm (default auto)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint file, written every --checkpoint-every steps and at the end, and resumed from if it "
+        "exists (default <name>.pt in $FPCORE_CHECKPOINT_DIR or checkpoints/)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, default=d.checkpoint_every, help=f"default {d.checkpoint_every}"
+    )
+    p.add_argument("--fresh", action="store_true", help="start afresh, replacing the checkpoint, instead of resuming")
+    p.add_argument(
+        "--name",
+        type=cli.record_name,
+        help="record file stem (default longdep_<model>_T<T>_h<H>x<L>_s<seed>, plus a fingerprint of the other "
+        "settings when they differ from the defaults)",
+    )
+    p.add_argument("--results-dir", help="where the record goes (default build/results/, or results/ with --record)")
     p.add_argument("--no-save", action="store_true", help="do not write a record")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_main, _parser=p)
 
 
 def _main(args) -> int:
-    if args.resume and not args.checkpoint:
-        args._parser.error("--resume needs --checkpoint")
-    if not 0 <= args.seed < 2**31:
-        args._parser.error(f"--seed must be in [0, 2^31), got {args.seed}")
+    if args.record and args.results_dir:
+        args._parser.error("--record writes into results/; it does not go with --results-dir")
     cfg = LongDepConfig(
         model=args.model,
         seq_len=args.seq_len,
@@ -561,15 +636,15 @@ def _main(args) -> int:
         max_time_s=args.max_time,
         device=args.device,
         backend=args.backend,
-        checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
+        resume=not args.fresh,
         save=not args.no_save,
         results_dir=args.results_dir,
         name=args.name,
         progress=not args.no_progress,
         threads=args.threads,
     )
+    cfg.checkpoint = args.checkpoint or str(_ckpt.checkpoint_path(cfg.run_name()))  # finished work stays resumable
     res = train_longdep(cfg)
     r = res.record
     print(

@@ -206,18 +206,9 @@ def reproduce(out: Path, *, profile: str = "quick", only: list[str] | None = Non
     return 1 if failed else 0
 
 
-def _seconds(text: str) -> int:
-    """A per-cell timeout: a positive whole number of seconds."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from fpcore import cli
+
     p = sub.add_parser(
         "reproduce",
         help="execute every notebook (quick profile by default) into a build folder, with HTML",
@@ -233,7 +224,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only notebooks whose name contains NAME")
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=cli.positive(int),
         default=None,
         help="per-cell timeout in seconds (default: 900 in quick, none in full)",
     )

@@ -20,3 +20,11 @@ def pytest_collection_modifyitems(config, items):
 def _quick_profile(monkeypatch):
     """Unit tests run in the quick profile unless a test switches it itself."""
     monkeypatch.setenv("FPCORE_PROFILE", "quick")
+
+
+@pytest.fixture(autouse=True)
+def _scratch_outputs(monkeypatch, tmp_path_factory):
+    """Records and checkpoints a test writes go to its own scratch folders, never into the checkout."""
+    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
+    monkeypatch.setenv("FPCORE_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
+    monkeypatch.delenv("FPCORE_RECORD", raising=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -52,3 +53,53 @@ def test_data_errors_exit_1_with_the_message_not_a_traceback(tmp_path):
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "train.txt: file not found" in out.stderr and data.REGISTRY["ptb"].files["train"].sha256 in out.stderr
+
+
+def _all_parsers():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = [parser]
+    for child in dict.fromkeys(sub.choices.values()):
+        out += [child] + [leaf for leaf in cli._leaves(child) if leaf is not child]
+    return out
+
+
+def test_help_shows_no_markup_and_every_train_option_its_default():
+    for p in _all_parsers():
+        assert "``" not in p.format_help(), p.prog  # reStructuredText from docstrings reads as 'code'
+    (train,) = [p for p in _all_parsers() if p.prog.endswith(" train")]
+    for action in train._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.option_strings
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            assert flag or "default" in action.help, action.option_strings
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("reproduce", "--timeout", "-5"), "--timeout: must be > 0"),
+        (("reproduce", "--timeout", "nan"), "--timeout: expected an integer"),
+    ],
+)
+def test_negative_and_nan_values_exit_2(args, says, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(args))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and says in err, err
+
+
+def test_argument_types_refuse_nan_inf_and_signs():
+    for parse, bad in (
+        (cli.positive(float), ("nan", "inf", "-inf", "0", "-1", "x")),
+        (cli.positive(int), ("0", "-3", "1.5", "nan")),
+        (cli.non_negative(float), ("nan", "-0.1")),
+        (cli.finite, ("nan", "inf")),
+    ):
+        for text in bad:
+            with pytest.raises(argparse.ArgumentTypeError, match="must be|expected"):
+                parse(text)
+    assert cli.positive(int)("1_000") == 1000 and cli.non_negative(float)("0") == 0.0 and cli.finite("-2") == -2.0
+    argv = ["train", "--nproc-per-node", "2", "--lr=1", "--nproc-per-node=3"]
+    assert cli.without_option(argv, "--nproc-per-node") == ["train", "--lr=1"]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from fpcore import data
+from fpcore import data, files
 from fpcore.data import CorpusSpec, DataError, FileSpec, LMBatches, batchify, load_corpus
 
 needs_shared = pytest.mark.skipif(
@@ -297,3 +301,46 @@ def test_corpus_head_slices_every_split(tiny):
     small = load_corpus(spec, root).head(5, 3)
     assert (small.train.numel(), small.valid.numel(), small.test.numel()) == (5, 3, 3)
     assert small.vocab_size == 8
+
+
+def test_a_folder_in_place_of_a_file_is_called_a_folder(tiny):
+    spec, root = tiny
+    path = root / "tiny" / "valid.txt"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DataError, match=r"valid.txt: is a folder, not a file"):
+        load_corpus(spec, root)
+
+
+def test_an_unreadable_file_is_a_data_error(tiny, monkeypatch):
+    spec, root = tiny
+    path = root / "tiny" / "valid.txt"
+    real_open = open
+
+    def denying(file, *args, **kwargs):
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(data, "open", denying, raising=False)  # as chmod 000 would for a user other than root
+    with pytest.raises(DataError, match=r"valid.txt: cannot be read \(Permission denied\); give this user read"):
+        load_corpus(spec, root)
+
+
+def test_killed_downloads_leave_no_orphans_and_cached_files_are_readable_by_others(tiny, cache):
+    spec, _ = tiny
+    folder = cache / "tiny"
+    folder.mkdir(parents=True)
+    # what a download killed by SIGKILL leaves: a temporary file of a process that is gone (and one of an
+    # earlier fpcore, which named them .<file>.<random>.part)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = folder / f".train.txt.{files._HOST}.{int(dead.stdout)}.0123abcd.tmp"
+    orphan.write_bytes(b"half a download")
+    (folder / ".valid.txt.x1y2z3.part").write_bytes(b"older half")
+    old = os.umask(0o022)
+    try:
+        load_corpus(spec)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}

@@ -30,11 +30,13 @@ TINY = dict(seq_len=32, hidden=8, layers=1, batch=8, embed=8, lr=3e-2, progress=
 
 @pytest.mark.parametrize("model", ["gilr-lstm", "lstm"])
 def test_converges_on_a_tiny_length_and_writes_a_record(tmp_path, model):
-    res = train_longdep(LongDepConfig(model=model, max_iters=400, results_dir=str(tmp_path), device="cpu", **TINY))
+    cfg = LongDepConfig(model=model, max_iters=400, results_dir=str(tmp_path), device="cpu", **TINY)
+    res = train_longdep(cfg)
     assert res.converged, f"{model} did not reach the criterion in {res.iterations} iterations"
     assert res.accuracies[-5:] == [1.0] * 5  # paper C's criterion: 5 perfect minibatches in a row
     assert res.iterations == len(res.losses) < 400
-    assert res.path == tmp_path / f"longdep_{model}_T32_h8x1_s0.json"
+    # settings other than the default ones: the name carries the configuration's fingerprint
+    assert res.path == tmp_path / f"longdep_{model}_T32_h8x1_s0_{cfg.fingerprint()[:8]}.json"
     rec = json.loads(res.path.read_text())
     for key in REQUIRED:
         assert key in rec, key
@@ -103,9 +105,18 @@ def test_model_reads_the_lookup_inputs_like_dense_one_hots():
         (dict(lr=0.0), "lr"),
         (dict(init="xavier"), "init"),
         (dict(resume=True), "checkpoint"),
+        (dict(clip=float("nan")), "clip"),
+        (dict(lr=float("inf")), "lr"),
+        (dict(forget_bias=float("nan")), "forget_bias"),
+        (dict(max_time_s=-1.0), "max_time_s"),
+        (dict(backend="nosuch"), "backend"),
+        (dict(device="bogus"), "bogus"),
+        (dict(name="../x"), "plain file stem"),
+        (dict(seed=-1), "seed"),
     ],
 )
-def test_bad_config_raises_value_error(kw, match):
+def test_bad_config_raises_value_error_before_training(kw, match, monkeypatch):
+    monkeypatch.setattr(LongDepNet, "forward", lambda *a: pytest.fail("trained before checking the config"))
     with pytest.raises(ValueError, match=match):
         train_longdep(LongDepConfig(**{**TINY, **kw}))
 
@@ -144,18 +155,30 @@ def test_cli_trains_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert rc == 0 and "converged after" in out and (tmp_path / "longdep_gilr-lstm_T32_h8x1_s0.json").exists()
-    for argv in (
-        ["longdep", "--seq-len", "0"],
-        ["longdep", "--model", "gru"],
-        ["longdep", "--resume"],
-        ["longdep", "--seq-len", str(2**20 + 1)],
-        ["longdep", "--lr", "-1"],
+    assert rc == 0 and "converged after" in out
+    (record,) = tmp_path.glob("longdep_gilr-lstm_T32_h8x1_s0_*.json")
+    assert f"wrote {record}" in out
+    for argv, says in (
+        (["longdep", "--seq-len", "0"], "--seq-len"),
+        (["longdep", "--model", "gru"], "invalid choice: 'gru'"),
+        (["longdep", "--seq-len", str(2**20 + 1)], "--seq-len"),
+        (["longdep", "--lr", "-1"], "--lr: must be > 0"),
+        (["longdep", "--lr", "nan"], "--lr: must be a finite number"),
+        (["longdep", "--clip", "nan"], "--clip: must be a finite number"),
+        (["longdep", "--clip", "-1"], "--clip: must be >= 0"),
+        (["longdep", "--forget-bias", "inf"], "--forget-bias: must be a finite number"),
+        (["longdep", "--max-time", "nan"], "--max-time: must be a finite number"),
+        (["longdep", "--seed", "-2"], "--seed: must be >= 0"),
+        (["longdep", "--backend", "nosuch"], "invalid choice: 'nosuch'"),
+        (["longdep", "--device", "bogus"], "'bogus' is not a device"),
+        (["longdep", "--name", "../x"], "plain file stem"),
+        (["longdep", "--record", "--results-dir", str(tmp_path)], "does not go with --results-dir"),
     ):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         err = capsys.readouterr().err
         assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, argv
+        assert says in err, (argv, err)
 
 
 def test_targets_are_read_off_recorded_runs():

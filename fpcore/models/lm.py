@@ -76,11 +76,11 @@ from torch import Tensor, nn
 
 from fpcore import cells as _cells
 
-__all__ = ["METHODS", "FINITE_ORDER", "RNNLM", "model_order", "check_token_ids", "detach_state"]
+__all__ = ["METHODS", "ITERATED", "FINITE_ORDER", "RNNLM", "model_order", "check_token_ids", "detach_state"]
 
 METHODS = ("bptt", "jacobi", "truncated", "newton", "quasi_newton", "jacobi_carry")
 FINITE_ORDER = ("jacobi", "truncated")  # the methods whose model has a finite order
-_ITERATED = ("jacobi", "truncated", "jacobi_carry")  # the methods that take iters = k
+ITERATED = ("jacobi", "truncated", "jacobi_carry")  # the methods that take iters = k
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
@@ -142,10 +142,10 @@ class RNNLM(nn.Module):
             raise ValueError(f"cell must be one of {', '.join(_CELLS)}, got {cell!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        if method in _ITERATED and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
+        if method in ITERATED and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
             raise ValueError(f"method {method!r} needs iters = k >= 1, got {iters!r}")
-        if method not in _ITERATED and iters is not None:
-            raise ValueError(f"iters is for {', '.join(map(repr, _ITERATED))}, not {method!r}")
+        if method not in ITERATED and iters is not None:
+            raise ValueError(f"iters is for {', '.join(map(repr, ITERATED))}, not {method!r}")
         if not isinstance(vocab, int) or vocab < 1:
             raise ValueError(f"vocab must be a positive int, got {vocab!r}")
         if not 0 <= dropout < 1:

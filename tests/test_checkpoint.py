@@ -1,0 +1,206 @@
+"""Atomic files and checkpoints: nothing half-written, nothing orphaned, nothing wrong read back."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fpcore import checkpoint, files
+from fpcore.checkpoint import Checkpointer, CheckpointError, TrainingDiverged
+
+IDENTITY = {"hidden": 8, "lr": 0.5, "method": "bptt"}
+
+
+def _state(scale: float = 1.0) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "model": {"w": torch.randn(4, 3, generator=gen) * scale, "b": torch.zeros(3)},
+        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.5, "params": [0]}]},
+        "step": 7,
+        "history": [{"epoch": 1, "valid_ppl": 12.5}],
+        "carried": (torch.ones(2), None),
+    }
+
+
+# -- atomic writes ---------------------------------------------------------------------------------------------
+def test_atomic_write_respects_the_umask_and_leaves_no_temporary(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = files.atomic_write(tmp_path / "sub" / "x.json", b"{}")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"{}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by others (mkstemp would give 0600)
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_a_full_disk_is_one_line_and_the_old_file_survives(tmp_path, monkeypatch):
+    path = files.atomic_write(tmp_path / "ck.pt", b"old")
+
+    def full(fh):
+        fh.write(b"new, half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(files.WriteError, match="could not write file .*ck.pt: the disk is full") as info:
+        files.atomic_write(path, full)
+    assert "\n" not in str(info.value) and "intact" in str(info.value)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_a_folder_under_a_regular_file_is_one_line(tmp_path):
+    (tmp_path / "blocker").write_text("a file")
+    with pytest.raises(files.WriteError, match="one of its parents is a file"):
+        files.atomic_write(tmp_path / "blocker" / "sub" / "x.json", b"{}")
+
+
+def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "ck.pt"
+    # a writer killed between creating its temporary file and the rename (SIGKILL: nothing can clean up)
+    script = (
+        "import os, sys; from fpcore import files\n"
+        "files.atomic_write(sys.argv[1], lambda fh: (fh.write(b'half'), fh.flush(), os._exit(9)))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], timeout=120)
+    assert killed.returncode == 9
+    orphans = files.temporaries(target)
+    assert len(orphans) == 1 and not target.exists()
+    # a live writer's temporary file is left alone
+    live = target.with_name(f".ck.pt.{files._HOST}.{os.getpid()}.0123abcd.tmp")
+    live.write_bytes(b"in progress")
+    files.atomic_write(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert files.temporaries(target) == [live]
+    live.unlink()
+
+
+def test_clean_stale_keeps_other_hosts_files_for_a_day(tmp_path):
+    target = tmp_path / "r.json"
+    other = tmp_path / ".r.json.otherhost.1.deadbeef.tmp"
+    other.write_text("")
+    assert files.clean_stale(target) == [] and other.exists()
+    os.utime(other, (0, 0))  # written long ago
+    assert files.clean_stale(target) == [other] and not other.exists()
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------
+def test_save_and_load_round_trip_and_the_file_is_a_plain_torch_file(tmp_path):
+    path = checkpoint.save(tmp_path / "ck.pt", _state(), identity=IDENTITY)
+    back = checkpoint.load(path, identity=dict(reversed(IDENTITY.items())), required=("model", "step"))
+    torch.testing.assert_close(back["model"]["w"], _state()["model"]["w"])
+    assert back["step"] == 7 and back["history"] == [{"epoch": 1, "valid_ppl": 12.5}]
+    assert back["carried"][1] is None
+    raw = torch.load(path, weights_only=True)  # still opens with torch for a look inside
+    assert raw["version"] == checkpoint.VERSION and raw["identity"] == IDENTITY and raw["step"] == 7
+
+
+def test_the_path_spelling_is_not_part_of_the_identity(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Checkpointer("ck.pt", IDENTITY).save(_state())
+    for spelling in ("ck.pt", "./ck.pt", str(tmp_path / "ck.pt"), "sub/../ck.pt"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        assert Checkpointer(spelling, IDENTITY).load()["step"] == 7, spelling
+
+
+def _truncated(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_weight_bit(path):
+    w = _state()["model"]["w"]
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(w.numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (_truncated, "not a readable checkpoint"),
+        (lambda p: p.write_bytes(os.urandom(4096)), "not a readable checkpoint"),
+        (lambda p: torch.save({"weights": torch.ones(2)}, p), "not an fpcore checkpoint"),
+        (lambda p: torch.save([1, 2], p), "holds a list"),
+        (_flip_a_weight_bit, "corrupt: its contents do not match its checksum"),
+        (lambda p: (p.unlink(), p.mkdir()), "is a folder"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_clear_line(tmp_path, damage, says):
+    path = checkpoint.save(tmp_path / "ck.pt", _state(), identity=IDENTITY)
+    damage(path)
+    with pytest.raises(CheckpointError, match=says) as info:
+        Checkpointer(path, IDENTITY).load()
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "delete" in message or "restore" in message  # what to do
+
+
+def test_wrong_keys_another_configuration_and_a_newer_format_are_refused(tmp_path):
+    path = checkpoint.save(tmp_path / "ck.pt", _state(), identity=IDENTITY)
+    with pytest.raises(CheckpointError, match="lacks optimizer_v2"):
+        checkpoint.load(path, identity=IDENTITY, required=("model", "optimizer_v2"))
+    with pytest.raises(CheckpointError, match=r"another configuration \(hidden 8 there, 16 here\)"):
+        checkpoint.load(path, identity={**IDENTITY, "hidden": 16})
+    raw = torch.load(path, weights_only=True)
+    raw["version"] = checkpoint.VERSION + 1
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="format version 2; this fpcore reads versions up to 1"):
+        checkpoint.load(path, identity=IDENTITY)
+
+
+def test_a_non_finite_checkpoint_is_never_written_nor_resumed(tmp_path):
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, _state(), identity=IDENTITY)
+    bad = _state()
+    bad["model"]["w"][1, 2] = float("nan")
+    with pytest.raises(TrainingDiverged, match="model.w holds NaN or inf"):
+        checkpoint.save(path, bad, identity=IDENTITY)
+    assert checkpoint.load(path, identity=IDENTITY)["step"] == 7  # the last finite state is intact
+    # a file with a valid checksum over a NaN (written by other code): refused on load
+    full = {**bad, "format": checkpoint.FORMAT, "version": 1, "identity": IDENTITY}
+    from fpcore.results import fingerprint
+
+    full["fingerprint"] = fingerprint(IDENTITY)
+    full["checksum"] = checkpoint._checksum(full)
+    torch.save(full, path)
+    with pytest.raises(CheckpointError, match="holds NaN or inf in model.w"):
+        checkpoint.load(path, identity=IDENTITY)
+
+
+def test_checkpoints_written_before_the_format_had_a_version_are_read(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({**_state(), "identity": IDENTITY}, path)
+    back = checkpoint.load(path, identity=IDENTITY, legacy_identity=lambda saved: saved["identity"])
+    assert back["step"] == 7
+    with pytest.raises(CheckpointError, match="another configuration"):
+        checkpoint.load(path, identity={**IDENTITY, "lr": 1.0}, legacy_identity=lambda saved: saved["identity"])
+    with pytest.raises(CheckpointError, match="not an fpcore checkpoint"):
+        checkpoint.load(path, identity=IDENTITY)  # without a way to read its identity
+
+
+def test_check_finite_names_the_place_and_the_last_checkpoint(tmp_path):
+    ck = Checkpointer(tmp_path / "ck.pt", IDENTITY)
+    checkpoint.check_finite(1.5, what="loss", where="step 3", checkpointer=ck)
+    ck.save(_state(), label="step 2")
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss became nan at step 3: .*; the last finite state is in checkpoint .*ck.pt \(step 2\)",
+    ):
+        checkpoint.check_finite(float("nan"), what="loss", where="step 3", checkpointer=ck)
+
+
+def test_checkpoint_dir_is_one_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPCORE_CHECKPOINT_DIR", str(tmp_path))
+    assert checkpoint.checkpoint_path("run_1") == tmp_path / "run_1.pt"
+    monkeypatch.delenv("FPCORE_CHECKPOINT_DIR")
+    assert checkpoint.checkpoint_dir() == files.REPO_ROOT / "checkpoints"
+    with pytest.raises(ValueError, match="plain file stem"):
+        checkpoint.checkpoint_path("../escape")
