@@ -536,6 +536,7 @@ def to_torch(cell: Cell, *, batch_first: bool = True) -> nn.Module:
     kinds = {RNNCell: nn.RNN, GRUCell: nn.GRU, LSTMCell: nn.LSTM}
     if type(cell) not in kinds:
         raise ValueError(f"to_torch converts RNNCell, GRUCell and LSTMCell, not {type(cell).__name__}")
+    assert isinstance(cell, (RNNCell, GRUCell, LSTMCell))
     has_bias = cell.bias_ih is not None or cell.bias_hh is not None
     kw = {"nonlinearity": cell.nonlinearity} if isinstance(cell, RNNCell) else {}
     w = cell.weight_hh

@@ -835,7 +835,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm", help="recurrent cell (default lstm)")
     p.add_argument("--method", choices=METHODS, default="bptt", help="how the recurrence is evaluated (default bptt)")
     p.add_argument(
-        "--iters", type=cli.positive(int), default=None, help="k for jacobi, truncated and jacobi_carry (needed by them; no default)"
+        "--iters",
+        type=cli.positive(int),
+        default=None,
+        help="k for jacobi, truncated and jacobi_carry (needed by them; no default)",
     )
     p.add_argument("--stable", action="store_true", help="project onto stable weights after every step (paper B)")
     p.add_argument(

@@ -191,7 +191,7 @@ def truncation_explorer(hidden: int = 32, length: int = 60, seed: int = 0):
 
     torch.manual_seed(seed)
     rnn = nn.RNN(4, hidden, batch_first=True).double()
-    W0 = rnn.weight_hh_l0.detach().clone()
+    W0 = rnn.get_parameter("weight_hh_l0").detach().clone()
     W0 /= stability.spectral_norm(W0)
     x = torch.randn(1, length, 4, dtype=torch.double)
 
@@ -271,8 +271,10 @@ def plot_solver_times(rows: Sequence[Mapping[str, Any]], title: str = ""):
                 if r["method"] == method and r.get("time_s") is not None and bool(r["converged"]) == converged
             ]
             if pts:
+                xs, ys = zip(*pts)
                 ax.scatter(
-                    *zip(*pts),
+                    xs,
+                    ys,
                     marker=marker,
                     s=36,
                     color=color if converged else "none",

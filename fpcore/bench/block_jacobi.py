@@ -17,7 +17,9 @@ record fixed_point_blocks_<device>.json and .png.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fpcore.bench.toolkit import comma_list, int_list, positive
@@ -118,12 +120,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if deadline.passed():
                     break
                 done += 1
+                run: Callable[[], Any] = functools.partial(solver, M, w)
                 if args.repeat == 1:
-                    res, t = best_of(lambda M=M, w=w: solver(M, w), device)
+                    res, t = best_of(run, device)
                 else:
                     res = solver(M, w)
-                    t = time_side_by_side({"s": lambda M=M, w=w: solver(M, w)}, device=device, repeat=args.repeat)
-                    t = t["s"]["median"]
+                    t = time_side_by_side({"s": run}, device=device, repeat=args.repeat)["s"]["median"]
                 rows.append(
                     dict(
                         cell=kind,
@@ -140,7 +142,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         max_err=(res.outputs - y).abs().max().item(),
                     )
                 )
-            _, t_nn = best_of(lambda m=m, x=x: m(x), device)
+            _, t_nn = best_of(functools.partial(m, x), device)
             rows.append(dict(cell=kind, H=args.hidden, B=B, T=T, method="torch.nn", time_s=t_nn))
     return {
         "config": {

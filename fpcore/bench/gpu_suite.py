@@ -48,7 +48,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fpcore.bench.toolkit import format_table, positive
 
@@ -535,7 +535,8 @@ class _WorkFolder:
     a temporary folder (removed: the archive holds everything)."""
 
     def __init__(self, path: Path | None, *, keep: bool):
-        self.path, self.keep, self._tmp = path, keep, None
+        self.path, self.keep = path, keep
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> Path:
         if self.path is not None:
@@ -548,7 +549,7 @@ class _WorkFolder:
         self._tmp = tempfile.TemporaryDirectory(prefix="gpu_suite_")
         return Path(self._tmp.name)
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._tmp is not None:
             self._tmp.cleanup()
         return False

@@ -26,7 +26,7 @@ PROVIDERS = ("loop", "torch", "numba", "cupy", "accelerated_scan_warp", "acceler
 MODES = ("fwd", "bwd", "fwdbwd")
 LOOP_MAX_ELEMENTS = 1 << 20  # the Python loop's backward is thousands of small ops: keep it to small points
 BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwdbwd": 8}  # tensors of N elements read or written, at minimum
-QUICK = {
+QUICK: dict[str, Any] = {
     "shapes": [(8, 256), (1, 16)],
     "log2_t": (10, 20),
     "max_elements": 1 << 24,
@@ -34,7 +34,7 @@ QUICK = {
     "max_seconds": 1.0,
     "loop_max_t": 1024,
 }
-FULL = {
+FULL: dict[str, Any] = {
     "shapes": [(8, 256), (1, 1536), (8, 1536), (16, 64)],
     "log2_t": (10, 20),
     "max_elements": 1 << 30,
@@ -234,8 +234,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append(_row(point, name, t, t_min, errs[name], nbytes, t / t_base, t_min / t_base_min))
                 if t > args.max_seconds:
                     dropped.setdefault((B, D, mode), {})[name] = f"{mode} dropped after {t:.1f} s at T={T}"
-            for name, why in skips.items():
-                rows.append({**point, "provider": name, "skipped": why})
+            for name, reason in skips.items():
+                rows.append({**point, "provider": name, "skipped": reason})
         del href, da_ref, db_ref, a, b, gout
     threads = torch.get_num_threads()
     return {

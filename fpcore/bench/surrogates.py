@@ -36,8 +36,8 @@ MODELS = {
     "gilr-lstm": ("gilr-lstm", {}),
 }
 PROVIDERS = ("loop", "numba", "torch", "cupy")
-QUICK = {"hidden": 64, "layers": 2, "tokens": 4096, "seq_lens": [16, 256, 4096], "repeat": 3}
-FULL = {"hidden": 256, "layers": 2, "tokens": 65536, "seq_lens": [16, 256, 4096, 65536], "repeat": 5}
+QUICK: dict[str, Any] = {"hidden": 64, "layers": 2, "tokens": 4096, "seq_lens": [16, 256, 4096], "repeat": 3}
+FULL: dict[str, Any] = {"hidden": 256, "layers": 2, "tokens": 65536, "seq_lens": [16, 256, 4096, 65536], "repeat": 5}
 _BACKEND = {"loop": "ref", "numba": "numba", "torch": "torch", "cupy": "cupy"}
 
 

@@ -29,9 +29,9 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -136,13 +136,13 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def time_side_by_side(
-    fns: dict[str, Callable[[], Any]],
+    fns: Mapping[Any, Callable[[], Any]],
     *,
     device: torch.device | str = "cpu",
     warmup: int = 2,
     repeat: int = 10,
     min_time: float = 0.0,
-) -> dict[str, dict[str, float]]:
+) -> dict[Any, dict[str, float]]:
     """Time each callable, interleaved round by round; return ``{name: {"median", "min", "n"}}`` in seconds.
 
     Every callable runs ``warmup`` times first (compilation, caches, first-touch pages), then ``repeat``
@@ -212,22 +212,23 @@ def pin_threads(n: int | None) -> Iterator[None]:
         return
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
-    numba, torch_before = None, torch.get_num_threads()
+    nb: Any = None  # the numba module, when it is installed
+    torch_before = torch.get_num_threads()
     if "numba" in sys.modules or _has_numba():
-        import numba
+        import numba as nb
         from numba.np.ufunc import parallel
 
         parallel._launch_threads()
-    before = torch_before, (numba.get_num_threads() if numba else None)
-    if numba:
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    before = torch_before, (nb.get_num_threads() if nb else None)
+    if nb:
+        nb.set_num_threads(min(n, nb.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before[0])
-        if numba:
-            numba.set_num_threads(before[1])
+        if nb:
+            nb.set_num_threads(before[1])
 
 
 def _has_numba() -> bool:
@@ -283,7 +284,7 @@ class PeakMemory:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
@@ -315,7 +316,7 @@ class _MallocForMeasuring:
         self._set(64 * 1024, 128 * 1024)
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self._set(32 * 2**20, 64 * 2**20)
         return False
 

@@ -189,16 +189,16 @@ def _loop_sweep(ctx, s: Tensor, B: int, nb: int, M: int, w: int) -> Tensor:
         s = ctx.cell.step(s, win[..., j])
     if w:  # block 0 has nothing before it to warm up on
         s = torch.cat([ctx.s0[:, None], s[:, 1:]], dim=1)
-    grad = torch.is_grad_enabled()
-    out = [] if grad else s.new_empty(B, nb, M, s.shape[-1])
-    for j in range(M):
+    if torch.is_grad_enabled():  # autograd: keep every step's tensor in the graph
+        steps: list[Tensor] = []
+        for j in range(M):
+            s = ctx.cell.step(s, win[..., w + j])
+            steps.append(s)
+        return torch.stack(steps, dim=2).reshape(B, nb * M, -1)  # (B, nb, M, S) -> (B, nb * M, S)
+    out = s.new_empty(B, nb, M, s.shape[-1])
+    for j in range(M):  # write each step into place
         s = ctx.cell.step(s, win[..., w + j])
-        if grad:  # autograd: keep every step's tensor in the graph
-            out.append(s)
-        else:  # write each step into place
-            out[:, :, j] = s
-    if grad:
-        out = torch.stack(out, dim=2)  # (B, nb, M, S)
+        out[:, :, j] = s
     return out.reshape(B, nb * M, -1)
 
 

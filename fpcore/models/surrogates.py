@@ -343,6 +343,7 @@ class QRNN(_Layer):
         H = hidden_size
         self.conv = nn.Conv1d(input_size, 3 * H, kernel_size=window)  # [W_z; W_f; W_o], no padding: we pad
         with torch.no_grad():
+            assert self.conv.bias is not None
             self.conv.bias[H : 2 * H].fill_(forget_bias)
 
     def extra_repr(self) -> str:
