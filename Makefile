@@ -1,6 +1,7 @@
 # fpcore: two commands on a fresh machine with Python 3.11.
 #   make run    set up .venv, then execute every notebook (quick profile) into build/
 #   make test   set up .venv, then unit tests + every notebook under nbval + every notebook in JupyterLab (tests/ui)
+#   make lint   ruff (lint and format check) and mypy, as configured in pyproject.toml; CI runs it first
 # Other targets: make setup | make bench | make clean
 #
 # torch without CUDA: on a machine where `nvidia-smi -L` finds no GPU, the set-up first installs the
@@ -10,7 +11,8 @@
 # where that index cannot be reached. With CUDA, pip takes its default (CUDA) torch and the gpu extra.
 #
 # Extras (pyproject.toml): the library alone needs none; `notebooks` is JupyterLab, ipywidgets and
-# what `reproduce` uses; `test` adds pytest, nbval and Playwright. The set-up installs them all.
+# what `reproduce` uses; `test` adds pytest, nbval and Playwright; `lint` ruff and mypy. The set-up
+# installs them all.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -21,7 +23,7 @@ TORCH_CPU ?= torch==2.13.0$(if $(filter Linux,$(UNAME)),+cpu)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 comma := ,
-EXTRAS ?= notebooks$(comma)test$(if $(HAS_CUDA),$(comma)gpu)
+EXTRAS ?= notebooks$(comma)test$(comma)lint$(if $(HAS_CUDA),$(comma)gpu)
 # The JupyterLab tests: auto (skip without Chromium), required (fail without it: CI), off.
 FPCORE_UI ?= auto
 # Kernels' OpenMP threads sleep rather than spin while they wait (fpcore.config.KERNEL_ENV): on a shared
@@ -29,7 +31,7 @@ FPCORE_UI ?= auto
 OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test lint bench clean
 .DEFAULT_GOAL := test
 
 setup: $(VENV)/.installed
@@ -50,6 +52,11 @@ run: setup
 
 test: setup
 	FPCORE_UI=$(FPCORE_UI) OMP_WAIT_POLICY=$(OMP_WAIT_POLICY) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) -m fpcore bench scan
