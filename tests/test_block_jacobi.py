@@ -4,6 +4,7 @@ layer inside the blocks equal to the cell's own step loop, and the rule that cho
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -12,6 +13,8 @@ from torch import nn
 
 from fpcore import cells
 from fpcore.fixed_point import block_jacobi, solve
+
+from rnns import torch_rnn
 
 F64 = torch.float64
 
@@ -23,9 +26,7 @@ def inner(request):
         yield request.param
 
 
-def make(kind, D=3, H=6, seed=0, dtype=F64):
-    torch.manual_seed(seed)
-    return {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](D, H, batch_first=True).to(dtype)
+make = functools.partial(torch_rnn, H=6)
 
 
 def chaotic_rnn(H=8, D=3, norm=3.0, seed=0):

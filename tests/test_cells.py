@@ -9,16 +9,12 @@ from torch import nn
 from fpcore import cells
 from fpcore.cells import jacobian_autograd
 
+from rnns import torch_rnn
+
 F64 = torch.float64
 
 
-def make(kind, D=3, H=5, layers=1, bias=True, seed=0, dtype=F64):
-    torch.manual_seed(seed)
-    if kind == "relu":
-        m = nn.RNN(D, H, num_layers=layers, nonlinearity="relu", bias=bias, batch_first=True)
-    else:
-        m = {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](D, H, num_layers=layers, bias=bias, batch_first=True)
-    return m.to(dtype)
+make = torch_rnn
 
 
 def torch_h0(kind, layers, B, H, dtype=F64):

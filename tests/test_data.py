@@ -292,7 +292,7 @@ def test_batching_rejects_bad_arguments():
         batchify(torch.arange(3), 2)
     with pytest.raises(ValueError, match="bptt"):
         LMBatches(torch.arange(10), 2, 0)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="window 2 out of range for 2 windows"):
         LMBatches(torch.arange(10), 2, 2)[2]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -11,17 +12,13 @@ from torch import nn
 from fpcore import cells
 from fpcore.fixed_point import METHODS, DivergenceWarning, solve
 
+from rnns import torch_rnn
+
 F64 = torch.float64
 KINDS = ["tanh", "relu", "gru", "lstm"]
 
 
-def make(kind, D=3, H=6, layers=1, seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    if kind == "relu":
-        m = nn.RNN(D, H, num_layers=layers, nonlinearity="relu", batch_first=True)
-    else:
-        m = {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](D, H, num_layers=layers, batch_first=True)
-    return m.to(dtype)
+make = functools.partial(torch_rnn, H=6, dtype=torch.float32)
 
 
 def chaotic_rnn(H=8, D=3, norm=3.0, seed=0, dtype=F64):
@@ -319,45 +316,45 @@ def test_grad_none_runs_without_a_graph():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, says",
     [
-        dict(method="gauss_seidel"),
-        dict(method="jacobi", iters=0),
-        dict(method="jacobi", iters=2.5),
-        dict(method="jacobi", iters=True),
-        dict(method="jacobi", tol=-1.0),
-        dict(method="jacobi", tol=float("nan")),
-        dict(method="jacobi", grad="adjoint"),
-        dict(method="jacobi", adjoint="magic"),
-        dict(method="jacobi", init=torch.zeros(2, 5, 4)),
+        (dict(method="gauss_seidel"), "unknown method 'gauss_seidel'"),
+        (dict(method="jacobi", iters=0), "iters must be an int >= 1"),
+        (dict(method="jacobi", iters=2.5), "iters must be an int >= 1"),
+        (dict(method="jacobi", iters=True), "iters must be an int >= 1"),
+        (dict(method="jacobi", tol=-1.0), "tol must be a finite number >= 0"),
+        (dict(method="jacobi", tol=float("nan")), "tol must be a finite number >= 0"),
+        (dict(method="jacobi", grad="adjoint"), "grad must be one of"),
+        (dict(method="jacobi", adjoint="magic"), "adjoint must be one of"),
+        (dict(method="jacobi", init=torch.zeros(2, 5, 4)), r"init must be packed states \[B, T, S\]"),
     ],
 )
-def test_bad_arguments_raise_value_error(kwargs):
+def test_bad_arguments_raise_value_error(kwargs, says):
     cell = cells.from_torch(make("gru"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=says):
         solve(cell, torch.randn(2, 8, 3), **kwargs)
 
 
 @pytest.mark.parametrize(
-    "x, h0",
+    "x, h0, says",
     [
-        (torch.randn(8, 3), None),  # not [B, T, D]
-        (torch.randn(2, 8, 5), None),  # wrong D
-        (torch.randn(2, 0, 3), None),  # T = 0
-        (torch.randint(0, 3, (2, 8, 3)), None),  # integers
-        (torch.randn(2, 8, 3), torch.randn(3, 6)),  # wrong B in h0
-        (torch.randn(2, 8, 3), torch.randn(2, 7)),  # wrong H in h0
-        (torch.randn(2, 8, 3, dtype=F64), None),  # float64 x, float32 weights
+        (torch.randn(8, 3), None, r"batch-first tensor \[B, T, D\]"),
+        (torch.randn(2, 8, 5), None, "x has 5 features, the cell expects input_size=3"),
+        (torch.randn(2, 0, 3), None, "T >= 1"),
+        (torch.randint(0, 3, (2, 8, 3)), None, "floating-point"),
+        (torch.randn(2, 8, 3), torch.randn(3, 6), r"h0 must have shape \[B, 6\] = \[2, 6\]"),  # wrong B
+        (torch.randn(2, 8, 3), torch.randn(2, 7), r"h0 must have shape .* got \(2, 7\)"),  # wrong H
+        (torch.randn(2, 8, 3, dtype=F64), None, "weights are torch.float32"),  # float64 x, float32 weights
     ],
 )
-def test_bad_shapes_raise_value_error(x, h0):
-    with pytest.raises(ValueError):
+def test_bad_shapes_raise_value_error(x, h0, says):
+    with pytest.raises(ValueError, match=says):
         solve(cells.from_torch(make("gru")), x, h0, method="jacobi")
 
 
 def test_stack_h0_and_cell_type_are_checked():
     stack = cells.from_torch(make("lstm", layers=2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"h0 \(packed \[h, c\]\)"):
         solve(stack, torch.randn(2, 8, 3), torch.randn(2, 2, 6), method="jacobi")  # LSTM needs (h0, c0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cell must be an fpcore.cells.Cell or CellStack"):
         solve(nn.GRU(3, 6), torch.randn(2, 8, 3))

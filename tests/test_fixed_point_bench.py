@@ -91,5 +91,6 @@ def test_block_jacobi_suite_measures_kappa_and_the_grid_around_the_rule(tmp_path
     assert all(r["converged"] and r["max_err"] < 1e-4 for r in record["rows"] if r["method"] == "block_jacobi")
     (target,) = record["targets"].values()
     assert target["value"] >= 1.0 and target["rule"] == [chosen["block"], chosen["overlap"]]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         bench.main("block-jacobi", ["--overlaps", "-1"])
+    assert exc.value.code == 2

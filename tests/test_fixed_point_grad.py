@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from fpcore import cells
 from fpcore.fixed_point import METHODS, solve
 
+from rnns import torch_rnn
+
 F64 = torch.float64
 
 
-def make(kind, D=3, H=5, layers=1, seed=0):
-    torch.manual_seed(seed)
-    return {"tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](D, H, num_layers=layers, batch_first=True).to(F64)
+make = torch_rnn
 
 
 def grads(loss, tensors):

@@ -118,7 +118,7 @@ def test_the_record_flag_is_on_every_command_that_writes_records(tmp_path, monke
     seen = []
     monkeypatch.setattr("fpcore.longdep.train_longdep", lambda cfg: seen.append(results.results_dir()) or 1 / 0)
     for argv in (["longdep", "--record", "--no-progress"], ["longdep", "--no-progress"]):
-        with pytest.raises(ZeroDivisionError):
+        with pytest.raises(ZeroDivisionError, match="division by zero"):
             cli.main(argv)
     assert seen == [tmp_path / "tracked", results.results_dir()] and seen[1] != seen[0]
 
