@@ -1,4 +1,4 @@
-"""Training on the million-step dependency task (paper C, section 6.1): ``train_longdep(cfg)`` and its CLI.
+"""Training on the million-step dependency task (paper C's synthetic experiment): ``train_longdep(cfg)`` and its CLI.
 
 A model reads a problem-2b sequence (:mod:`fpcore.tasks`: the sign of x_0, then T - 1 random
 one-hots over p = 128) and predicts the sign from its last output. Two models:
@@ -469,7 +469,7 @@ def plot_history(results: list[LongDepResult], window: int = 10):
 
 
 def targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Issue 6's training targets, read off recorded runs (a target without its runs is absent)."""
+    """The long-dependency task's training targets, read off recorded runs (a target without its runs is absent)."""
 
     def best(model, T):
         runs = [r for r in records if r["model"] == model and r["seq_len"] == T and r["converged"]]
@@ -557,7 +557,7 @@ def register(subparsers) -> None:
     positive_int, positive_float = cli.positive(int), cli.positive(float)
     p = subparsers.add_parser(
         "longdep",
-        help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C, section 6.1)",
+        help="train GILR-LSTM or cuDNN LSTM on the sign-of-x0 task (paper C's synthetic experiment)",
         description="Train on Hochreiter & Schmidhuber problem 2b (sign of x_0 after T-1 random one-hots) until "
         f"{d.streak} consecutive minibatches are 100% correct or the budget ends (exit 0; exit 3 if "
         "the budget ends first); writes the record longdep_<model>_T<T>_h<H>x<L>_s<seed>[_<fingerprint>].json "

@@ -1,4 +1,4 @@
-"""Synthetic long-dependency task: Hochreiter & Schmidhuber (1997) problem 2b, as used in paper C, section 6.1.
+"""Synthetic long-dependency task: Hochreiter & Schmidhuber (1997) problem 2b, paper C's synthetic experiment.
 
 The network reads a sequence x_0, x_1, ..., x_{T-1} of (p+1)-dimensional vectors and, after the last
 step, must say the sign of x_0:

@@ -6,14 +6,22 @@ import pytest
 import torch
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the long cases (marked slow; skipped by default)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` when torch sees no CUDA device (the CPU suite passes on its own)."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    """Skip tests marked ``gpu`` when torch sees no CUDA device (the CPU suite passes on its own), and tests
+    marked ``slow`` unless ``--slow`` is given."""
+    skips = []
+    if not torch.cuda.is_available():
+        skips.append(("gpu", pytest.mark.skip(reason="needs a CUDA device")))
+    if not config.getoption("--slow"):
+        skips.append(("slow", pytest.mark.skip(reason="slow: run with --slow")))
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for keyword, skip in skips:
+            if keyword in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -57,11 +57,14 @@ def _case(seed: int):
     return bool(seed & 1), bool(seed & 2)
 
 
-def _skip_slow(backend: str, T: int, dtype, seed: int):
+def _skip_slow(request, backend: str, T: int, dtype, seed: int):
+    """The cases that only cost time (run them with ``pytest --slow``)."""
+    if request.config.getoption("--slow"):
+        return
     if backend == "ref" and T > 4099:
-        pytest.skip("the ref loop is the oracle itself; at this T it only costs time")
+        pytest.skip("slow (--slow runs it): the ref loop is the oracle itself")
     if backend in ("hillis_steele", "blelloch") and T > 4099 and (dtype.itemsize == 2 or seed > 1):
-        pytest.skip("teaching tree scans at the longest T: fp32/fp64 and two seeds suffice")
+        pytest.skip("slow (--slow runs it): teaching tree scans at the longest T, fp32/fp64 and two seeds suffice")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -72,8 +75,8 @@ def _skip_slow(backend: str, T: int, dtype, seed: int):
     ids=lambda v: str(v).replace("torch.", ""),
 )
 @pytest.mark.parametrize("gates", ["mixed", "near_one"])
-def test_forward_matches_loop(backend, T, dtype, seed, gates):
-    _skip_slow(backend, T, dtype, seed)
+def test_forward_matches_loop(request, backend, T, dtype, seed, gates):
+    _skip_slow(request, backend, T, dtype, seed)
     use_h0, reverse = _case(seed)
     a, b, h0 = _inputs(seed, T, gates, dtype)
     h = linear_scan(a, b, h0 if use_h0 else None, reverse=reverse, backend=backend)
