@@ -49,7 +49,7 @@ COMMANDS: tuple[str, ...] = (
 )
 
 # Commands that write records (each of their sub-commands gets --record).
-RECORDING: tuple[str, ...] = ("train", "longdep", "bench", "reproduce")
+RECORDING: tuple[str, ...] = ("train", "longdep", "bench", "gpu-suite", "reproduce")
 
 RECORD_HELP = (
     "write the record into the tracked results/ folder (official results); without it records go to "

@@ -289,7 +289,10 @@ def mismatch(
 # -- reading the records back -----------------------------------------------------------------------------
 def _describe_schedule(tc: dict) -> str:
     """ "4 ep: lr 1 x3, then /2" from a record's train_config."""
-    e, d = int(tc.get("epochs") or 0), int(tc.get("decay_after") or 0)
+    e = int(tc.get("epochs") or 0)
+    if tc.get("decay_after") is None:  # a record that did not store its schedule
+        return f"{e} ep" if e else "?"
+    d = int(tc["decay_after"])
     s = f"{e} ep: lr {tc.get('lr', 1):g} x{min(d, e)}" + (f", then /{tc.get('lr_decay', 2):g}" if d < e else "")
     if tc.get("max_train_tokens"):
         s += f", first {tc['max_train_tokens']:,} train tokens"
@@ -311,7 +314,8 @@ def lm_table(dataset: str, *, profile: str = "full", directory: Path | None = No
         rec = dict(rec, file=path.name)
         if rec["method"] == "jacobi" and "order" not in rec:
             rec["method"] = "jacobi_carry"
-        rec.setdefault("order", model_order(rec["method"], rec.get("iters"), rec["layers"]))
+        layers = rec.get("layers")  # (every record fit writes has it)
+        rec.setdefault("order", model_order(rec["method"], rec.get("iters"), layers) if layers else None)
         rec["schedule"] = _describe_schedule(rec.get("train_config") or {"epochs": rec.get("epochs")})
         rows.append(rec)
     order = {"bptt": 0, "newton": 1, "quasi_newton": 2, "jacobi": 3, "truncated": 4, "jacobi_carry": 5}

@@ -119,7 +119,7 @@ def test_setup_without_cuda_asks_pip_for_the_cpu_build_from_pytorchs_cpu_index_f
     torch_line = next(i for i, ln in enumerate(lines) if "pip install" in ln and f'"{cpu}"' in ln)
     assert f"--extra-index-url {CPU_INDEX}" in lines[torch_line]  # beside PyPI and any local wheels
     assert "--retries 1" in lines[torch_line] and "--timeout 20" in lines[torch_line]  # no hang where unreachable
-    package_line = next(i for i, ln in enumerate(lines) if '-e ".[notebooks,test]"' in ln)
+    package_line = next(i for i, ln in enumerate(lines) if '-e ".[notebooks,test,lint]"' in ln)
     assert torch_line < package_line, "torch must be in place before the package's dependencies are resolved"
     assert CPU_INDEX not in lines[package_line]
     kernel = next(ln for ln in lines if "ipykernel install" in ln)
@@ -129,7 +129,7 @@ def test_setup_without_cuda_asks_pip_for_the_cpu_build_from_pytorchs_cpu_index_f
 def test_setup_with_cuda_leaves_torch_to_pip_and_adds_the_gpu_extra(tmp_path):
     text = "\n".join(_dry_run_setup(tmp_path, nvidia_smi_status=0))
     assert CPU_INDEX not in text and "+cpu" not in text
-    assert '-e ".[notebooks,test,gpu]"' in text
+    assert '-e ".[notebooks,test,lint,gpu]"' in text
 
 
 def _python_without(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:

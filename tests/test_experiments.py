@@ -181,7 +181,7 @@ def test_plan_runs_trains_evaluates_the_mismatch_and_refuses_another_configs_rec
     assert out["rows"] == [] and out["mismatch"] == [m], "report reads the full profile's records"
     # a record under a run's name that another configuration wrote is an error, never taken as this run's
     other = dict(steps[0].__dict__, lr=0.5)
-    with pytest.raises(ValueError, match="records another configuration than this run .differs in lr"):
+    with pytest.raises(ValueError, match="holds another configuration; choose another name for this run"):
         experiments.run_grid([experiments.TrainConfig(**other)], corpus)
 
 

@@ -89,11 +89,14 @@ def test_kernel_talks_over_local_sockets_and_gets_the_kernel_environment(tmp_pat
 
 
 @pytest.mark.parametrize("value", ["-5", "0", "ten"])
-def test_timeout_must_be_a_positive_whole_number(value):
-    import argparse
+def test_timeout_must_be_a_positive_whole_number(value, capsys):
+    from fpcore import cli
 
-    with pytest.raises(argparse.ArgumentTypeError, match="seconds"):
-        reproduce._seconds(value)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", "--timeout", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--timeout" in err[0] and value in err[0], err
 
 
 def test_kernel_sockets_fit_the_path_limit_under_a_deep_runtime_folder(tmp_path, monkeypatch):

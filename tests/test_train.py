@@ -87,7 +87,7 @@ def test_a_bad_name_or_folder_fails_before_any_training(tmp_path, monkeypatch):
         (["--seed", "-1"], "--seed: must be >= 0"),
         (["--device", "bogus"], "'bogus' is not a device"),
         (["--method", "jacobi"], "--method jacobi needs --iters k"),
-        (["--iters", "3"], "--iters is for --method jacobi or truncated"),
+        (["--iters", "3"], "--iters is for --method jacobi, truncated, jacobi_carry"),
         (["--nproc-per-node", "0"], "--nproc-per-node: must be > 0"),
     ],
 )

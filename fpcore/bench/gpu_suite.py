@@ -174,7 +174,7 @@ def _longdep(ctx: Context, model: str, seq_len: int, seconds: float, checkpoint:
     argv = ["fpcore", "longdep", "--model", model, "--seq-len", str(seq_len), *size, "--no-progress"]
     argv += ["--max-time", f"{max(5.0, seconds):.0f}", "--results-dir", str(ctx.records)]
     if checkpoint:
-        argv += ["--checkpoint", str(ctx.work / "checkpoints" / f"{model}_T{seq_len}.pt"), "--resume"]
+        argv += ["--checkpoint", str(ctx.work / "checkpoints" / f"{model}_T{seq_len}.pt")]  # resumed if there
     return Step(name, argv, ok=(0, 3))
 
 
@@ -453,15 +453,18 @@ def unpack(archive: Path, work: Path) -> None:
 
 
 def copy_records(archive: Path) -> list[Path]:
-    """Copy the records (JSON, PNG) of an archive into the results folder (:func:`fpcore.results.results_dir`)."""
+    """Copy the records (JSON, PNG) of an archive into the results folder (:func:`fpcore.results.results_dir`:
+    the tracked results/ with ``--record``)."""
     from fpcore.results import results_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         unpack(archive, Path(tmp))
         out = []
+        folder = results_dir()
+        folder.mkdir(parents=True, exist_ok=True)
         for path in sorted((Path(tmp) / "records").glob("*")):
             if path.suffix in (".json", ".png"):
-                dest = results_dir() / path.name
+                dest = folder / path.name
                 shutil.copyfile(path, dest)
                 out.append(dest)
         return out
