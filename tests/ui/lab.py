@@ -339,9 +339,22 @@ class NotebookPage:
         return self.page.evaluate(_JS_PROMPTS)
 
     def run_all(self) -> float:
-        """Clear outputs and run all cells from the menus; wait until no cell is queued or running."""
+        """Show every cell's code, clear outputs and run all cells from the menus; wait until no cell is
+        queued or running.
+
+        A cell whose code is collapsed (a solution, say) has no prompt on the page, so it could run on
+        unseen after the last visible prompt was numbered: View > Expand All Code first, and a code cell
+        without a prompt fails the run rather than being waited for by no one.
+        """
+        self.menu("View", "Expand All Code")
         self.menu("Edit", "Clear Outputs of All Cells")
-        _wait(lambda: all(p in ("[ ]:", "") for p in self.prompts()), 30, "the outputs to clear")
+        try:
+            _wait(lambda: all(p == "[ ]:" for p in self.prompts()), 30, "the outputs to clear")
+        except UIFailure:
+            unseen = [i for i, p in enumerate(self.prompts()) if p != "[ ]:"]
+            raise UIFailure(
+                f"{self.name}: code cells {unseen} show no cleared prompt '[ ]:' after Clear Outputs"
+            ) from None
         start = time.monotonic()
         self.menu("Run", "Run All Cells")
         _wait(lambda: any("*" in p for p in self.prompts()) or self._all_numbered(), 60, "Run All to start")
