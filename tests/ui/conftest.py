@@ -49,6 +49,40 @@ def _missing(reason: str) -> None:
     pytest.skip(f"{reason}; install it (Debian: apt-get install chromium) or set FPCORE_UI=off to silence this")
 
 
+def ui_will_run() -> bool:
+    """Whether this run can drive JupyterLab (not ``off``, Playwright importable, a Chromium found)."""
+    if ui_mode() == "off" or chromium_path() is None:
+        return False
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they do
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each notebook runs once: where its JupyterLab test runs, nbval's run of the same notebook is deselected.
+
+    nbval here only fails on a cell that raises (``--nbval-lax``); the JupyterLab test runs every cell of
+    the same notebook in the same environment, fails on a cell that raises or never ran, and then moves
+    the widgets, so nbval's run would be the same computation again. Without a browser, or with
+    ``FPCORE_UI=off``, the JupyterLab tests skip and nbval runs every notebook as before.
+    """
+    if not ui_will_run():
+        return
+    here = Path(__file__).parent
+    in_lab = {
+        item.callspec.params["path"].name
+        for item in items
+        if item.path == here / "test_jupyterlab.py" and hasattr(item, "callspec")
+    }
+    twice = [item for item in items if item.path.suffix == ".ipynb" and item.path.name in in_lab]
+    if twice:
+        config.hook.pytest_deselected(items=twice)
+        items[:] = [item for item in items if not (item.path.suffix == ".ipynb" and item.path.name in in_lab)]
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if ui_mode() == "off":
@@ -74,7 +108,13 @@ def lab(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabS
     """JupyterLab on 127.0.0.1 serving a copy of notebooks/ (quick profile), stopped and cleaned up after."""
     root = Path(__file__).resolve().parents[2]
     (root / "build" / "ui" / "summary.txt").unlink(missing_ok=True)  # this run's lines only
-    env = {**os.environ, "FPCORE_PROFILE": os.environ.get("FPCORE_PROFILE", "quick")}
+    env = {
+        **os.environ,
+        "FPCORE_PROFILE": os.environ.get("FPCORE_PROFILE", "quick"),
+        # torch's threads in each kernel: the cores the machine's load leaves free when the kernel starts
+        # (fpcore.config.set_threads); two threads fighting a busy neighbour slowed notebooks many times over
+        "FPCORE_THREADS": os.environ.get("FPCORE_THREADS", "auto"),
+    }
     server = LabServer(tmp_path_factory.mktemp("jupyterlab"), root / "notebooks", env)
     try:
         yield server.start()

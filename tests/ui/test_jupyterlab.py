@@ -117,9 +117,11 @@ def test_notebook_runs_and_its_widgets_respond_in_jupyterlab(path: Path, lab: La
         raise
     finally:
         lab_page.set_viewport_size(VIEWPORT)
+    slowest = sorted(nb.cell_seconds().items(), key=lambda kv: -kv[1])[:3]
     lines = [
         f"{path.name}: ran in {ran:.0f} s; {len(moves)} widget move(s); {time.monotonic() - start:.0f} s in all; "
-        f"screenshot {shot.relative_to(ROOT)}; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+        f"screenshot {shot.relative_to(ROOT)}; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()),
+        "  slowest code cells: " + ", ".join(f"{i} ({s:.1f} s)" for i, s in slowest),
     ]
     lines += [
         f"  {m.control.label!r} ({m.control.kind}) by {m.how}: {m.before} -> {m.after} in {m.seconds:.1f} s"
