@@ -1,6 +1,6 @@
 # fpcore: two commands on a fresh machine with Python 3.11.
 #   make run    set up .venv, then execute every notebook (quick profile) into build/
-#   make test   set up .venv, then unit tests + every notebook under nbval + every notebook in JupyterLab (tests/ui)
+#   make test   set up .venv, then unit tests + every notebook in JupyterLab (tests/ui), or under nbval without a browser
 # Other targets: make setup | make bench | make clean
 #
 # torch without CUDA: on a machine where `nvidia-smi -L` finds no GPU, the set-up first installs the
