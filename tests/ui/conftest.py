@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,15 @@ def lab(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabS
         "FPCORE_THREADS": os.environ.get("FPCORE_THREADS", "auto"),
     }
     server = LabServer(tmp_path_factory.mktemp("jupyterlab"), root / "notebooks", env)
+    start = time.monotonic()
     try:
         yield server.start()
     finally:
         server.stop()
+        summary = root / "build" / "ui" / "summary.txt"
+        if summary.exists():  # .ci/run prints it
+            with open(summary, "a", encoding="utf-8") as out:
+                out.write(f"JupyterLab tests: {time.monotonic() - start:.0f} s from the server's start to its stop\n")
 
 
 @pytest.fixture(scope="session")
