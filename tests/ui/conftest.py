@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,18 @@ def _missing(reason: str) -> None:
     pytest.skip(f"{reason}; install it (Debian: apt-get install chromium) or set FPCORE_UI=off to silence this")
 
 
+def ui_will_run() -> bool:
+    """Whether this run can drive JupyterLab (not ``off``, Playwright importable, a Chromium found)."""
+    if ui_mode() == "off" or chromium_path() is None:
+        return False
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they do
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if ui_mode() == "off":
@@ -74,12 +87,23 @@ def lab(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabS
     """JupyterLab on 127.0.0.1 serving a copy of notebooks/ (quick profile), stopped and cleaned up after."""
     root = Path(__file__).resolve().parents[2]
     (root / "build" / "ui" / "summary.txt").unlink(missing_ok=True)  # this run's lines only
-    env = {**os.environ, "FPCORE_PROFILE": os.environ.get("FPCORE_PROFILE", "quick")}
+    env = {
+        **os.environ,
+        "FPCORE_PROFILE": os.environ.get("FPCORE_PROFILE", "quick"),
+        # torch's threads in each kernel: the cores the machine's load leaves free when the kernel starts
+        # (fpcore.config.set_threads); two threads fighting a busy neighbour slowed notebooks many times over
+        "FPCORE_THREADS": os.environ.get("FPCORE_THREADS", "auto"),
+    }
     server = LabServer(tmp_path_factory.mktemp("jupyterlab"), root / "notebooks", env)
+    start = time.monotonic()
     try:
         yield server.start()
     finally:
         server.stop()
+        summary = root / "build" / "ui" / "summary.txt"
+        if summary.exists():  # .ci/run prints it
+            with open(summary, "a", encoding="utf-8") as out:
+                out.write(f"JupyterLab tests: {time.monotonic() - start:.0f} s from the server's start to its stop\n")
 
 
 @pytest.fixture(scope="session")

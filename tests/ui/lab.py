@@ -10,6 +10,7 @@ mouse, checking after each move that the output a student looks at changed and s
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -40,7 +41,11 @@ USER_SETTINGS: dict[str, dict[str, Any]] = {
         "fetchNews": "false",
         "checkForUpdates": False,
     },
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none", "scrollPastEnd": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {
+        "windowingMode": "none",
+        "scrollPastEnd": False,
+        "recordTiming": True,  # each cell's start and end in its metadata: the report names the slowest cells
+    },
 }
 
 
@@ -62,6 +67,10 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str, poll: float =
         if time.monotonic() > deadline:
             raise UIFailure(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
+
+
+def _timestamp(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _not_regular_files(folder: str, names: list[str]) -> set[str]:
@@ -297,6 +306,7 @@ class NotebookPage:
         self.path = server.root / name
         self.cell_timeout = cell_timeout
         self.moves: list[Move] = []
+        self.saved: nbformat.NotebookNode | None = None
 
     # ---- opening and running ----
     def open(self, timeout: float = 180) -> None:
@@ -339,9 +349,22 @@ class NotebookPage:
         return self.page.evaluate(_JS_PROMPTS)
 
     def run_all(self) -> float:
-        """Clear outputs and run all cells from the menus; wait until no cell is queued or running."""
+        """Show every cell's code, clear outputs and run all cells from the menus; wait until no cell is
+        queued or running.
+
+        A cell whose code is collapsed (a solution, say) has no prompt on the page, so it could run on
+        unseen after the last visible prompt was numbered: View > Expand All Code first, and a code cell
+        without a prompt fails the run rather than being waited for by no one.
+        """
+        self.menu("View", "Expand All Code")
         self.menu("Edit", "Clear Outputs of All Cells")
-        _wait(lambda: all(p in ("[ ]:", "") for p in self.prompts()), 30, "the outputs to clear")
+        try:
+            _wait(lambda: all(p == "[ ]:" for p in self.prompts()), 30, "the outputs to clear")
+        except UIFailure:
+            unseen = [i for i, p in enumerate(self.prompts()) if p != "[ ]:"]
+            raise UIFailure(
+                f"{self.name}: code cells {unseen} show no cleared prompt '[ ]:' after Clear Outputs"
+            ) from None
         start = time.monotonic()
         self.menu("Run", "Run All Cells")
         _wait(lambda: any("*" in p for p in self.prompts()) or self._all_numbered(), 60, "Run All to start")
@@ -373,7 +396,7 @@ class NotebookPage:
 
     def check_cells(self) -> None:
         """Fail with the traceback of the first cell that raised, or name the cells that never ran."""
-        nb = self.save()
+        nb = self.saved = self.save()
         code = [c for c in nb.cells if c.cell_type == "code"]
         for i, cell in enumerate(code):
             for out in cell.get("outputs", []):
@@ -386,6 +409,18 @@ class NotebookPage:
         missing = [i for i, c in enumerate(code) if c.source.strip() and not c.get("execution_count")]
         if missing:
             raise UIFailure(f"{self.name}: code cells {missing} did not run (no execution count after Run All)")
+
+    def cell_seconds(self) -> dict[int, float]:
+        """How long each code cell ran (0-based among code cells), from the timing JupyterLab records in the
+        metadata of the copy saved by :meth:`check_cells`."""
+        seconds = {}
+        code = [c for c in self.saved.cells if c.cell_type == "code"] if self.saved is not None else []
+        for i, cell in enumerate(code):
+            times = cell.metadata.get("execution", {})
+            start, end = times.get("shell.execute_reply.started"), times.get("shell.execute_reply")
+            if start and end:
+                seconds[i] = (_timestamp(end) - _timestamp(start)).total_seconds()
+        return seconds
 
     # ---- widgets ----
     def controls(self) -> list[Control]:

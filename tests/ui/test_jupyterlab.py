@@ -43,20 +43,29 @@ class Expect:
     text: str | None = None
 
 
-# Per notebook (name prefix) and control (its label, or "*" for every control of the notebook).
+# Per notebook (name prefix): every control a student finds in it, by its label, and what moving it shows.
+# The labels are exact: a control that failed to appear (a widget cell that only printed its repr, say),
+# or one added without an entry here, fails the notebook's test. A notebook not listed has no controls.
+REDRAW = Expect(images=1)  # the figure is drawn again for the new value, in place of the old one
 EXPECT: dict[str, dict[str, Expect]] = {
-    "03_": {"*": Expect(images=1)},
-    "04_": {"*": Expect(images=1)},
+    "01_": {"log2 T": REDRAW, "log2 P": REDRAW},  # depth and work of every scan for T = 2^i, P = 2^j
+    "03_": {"iterations k": REDRAW},  # which inputs reach s_t after k Jacobi iterations
+    "04_": {"λ = ||W||₂": REDRAW, "window k": REDRAW},  # truncation error against k, one unit's trace
+    "05_": {"||W_hh||_2": REDRAW, "alpha": REDRAW},  # Jacobi, Newton and damped Newton at that norm and alpha
 }
+
+
+def expected_controls(notebook: str) -> list[str]:
+    return sorted(next((v for k, v in EXPECT.items() if notebook.startswith(k)), {}))
 
 
 def expectation(notebook: str) -> Callable[[Control, Display, str], None]:
     rules = next((v for k, v in EXPECT.items() if notebook.startswith(k)), {})
 
     def check(control: Control, display: Display, value: str) -> None:
-        rule = rules.get(control.label) or rules.get("*")
+        rule = rules.get(control.label)
         if rule is None:
-            return
+            raise UIFailure(f"{notebook}: a control labelled {control.label!r} that EXPECT does not list")
         if rule.images is not None and len(display.images) != rule.images:
             raise UIFailure(
                 f"{notebook}: after moving '{control.label}' to {value} the output shows {len(display.images)} "
@@ -91,6 +100,9 @@ def test_notebook_runs_and_its_widgets_respond_in_jupyterlab(path: Path, lab: La
         t = time.monotonic()
         moves = nb.move_every_control(lambda c, d: check(c, d, nb.value(c)))
         phases["widgets"] = time.monotonic() - t
+        moved = sorted({m.control.label for m in moves})
+        if moved != expected_controls(path.stem):
+            raise UIFailure(f"{path.name}: the controls moved were {moved}, not {expected_controls(path.stem)}")
         t = time.monotonic()
         nb.screenshot(shot)
         phases["shot"] = time.monotonic() - t
@@ -105,9 +117,11 @@ def test_notebook_runs_and_its_widgets_respond_in_jupyterlab(path: Path, lab: La
         raise
     finally:
         lab_page.set_viewport_size(VIEWPORT)
+    slowest = sorted(nb.cell_seconds().items(), key=lambda kv: -kv[1])[:3]
     lines = [
         f"{path.name}: ran in {ran:.0f} s; {len(moves)} widget move(s); {time.monotonic() - start:.0f} s in all; "
-        f"screenshot {shot.relative_to(ROOT)}; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+        f"screenshot {shot.relative_to(ROOT)}; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()),
+        "  slowest code cells: " + ", ".join(f"{i} ({s:.1f} s)" for i, s in slowest),
     ]
     lines += [
         f"  {m.control.label!r} ({m.control.kind}) by {m.how}: {m.before} -> {m.after} in {m.seconds:.1f} s"
