@@ -50,18 +50,6 @@ def _missing(reason: str) -> None:
     pytest.skip(f"{reason}; install it (Debian: apt-get install chromium) or set FPCORE_UI=off to silence this")
 
 
-def ui_will_run() -> bool:
-    """Whether this run can drive JupyterLab (not ``off``, Playwright importable, a Chromium found)."""
-    if ui_mode() == "off" or chromium_path() is None:
-        return False
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they do
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if ui_mode() == "off":
