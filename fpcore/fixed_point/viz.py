@@ -229,7 +229,7 @@ def plot_block_table(rows: list[dict], T: int, ax=None):
             label=f"{name}, {'default w' if overlap else 'no overlap'}",
         )
     ax.axhline(T, color="k", lw=1, ls=":", label=f"the loop: T = {T} steps")
-    ax.set(xlabel="block length L", ylabel="sequential steps to tol", title="block Jacobi: depth vs L")
+    ax.set(xlabel="block length M", ylabel="sequential steps to tol", title="block Jacobi: depth vs M")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
     return ax
