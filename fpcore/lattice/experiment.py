@@ -112,7 +112,9 @@ class LatticePlan:
 
 
 def _checkpoint_path(name: str) -> Path:
-    return _results.REPO_ROOT / "checkpoints" / f"{name}.pt"
+    from fpcore.checkpoint import checkpoint_path
+
+    return checkpoint_path(name)
 
 
 def train_models(
@@ -126,7 +128,7 @@ def train_models(
     Otherwise both models are trained in memory (quick profile).
     """
     from fpcore.experiments import run_grid
-    from fpcore.train import TrainConfig, build_model, fit
+    from fpcore.train import TrainConfig, build_model, fit, load_trained
 
     cfgs = []
     for which in ("finite", "bptt"):
@@ -152,16 +154,14 @@ def train_models(
         return None
     out = {}
     for which, cfg, rec in zip(("finite", "bptt"), cfgs, records):
-        path = Path(cfg.checkpoint or "")
-        if not path.exists():
+        assert cfg.record_name  # (recorded plans name every run)
+        try:
+            model, _ = load_trained(cfg.record_name, corpus.vocab_size)
+        except FileNotFoundError as err:
             raise FileNotFoundError(
-                f"{path}: results/{cfg.record_name}.json exists but its checkpoint is not on this machine "
-                "(checkpoints/ is not in git); delete the record to retrain"
-            )
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        model = build_model(TrainConfig(**saved["config"]), corpus.vocab_size)
-        model.load_state_dict(saved["model"])
-        out[which] = (model.eval(), rec)
+                f"{err}; its record {cfg.record_name}.json exists: delete the record to retrain"
+            ) from None
+        out[which] = (model, rec)
     return out
 
 
