@@ -8,6 +8,10 @@ r"""Notebook 04's training experiments on paper B's claims (the theory is in :mo
   and shrinks as k grows (the gradient gap is :math:`O(k \lambda^k)`); for an unstable one nothing bounds it.
   Two runs of it that differ only in ``project`` (the same initial weights, data, learning rate and k)
   compare a stable pair with an unstable one.
+
+Both run for seconds to a minute inside a notebook, so they keep no checkpoints and stay plain loops; the
+trainers that run for hours (:mod:`fpcore.train`, :mod:`fpcore.longdep`) share the resumable shape that
+:mod:`fpcore.checkpoint` describes.
 """
 
 from __future__ import annotations
