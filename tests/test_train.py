@@ -73,6 +73,21 @@ def test_a_bad_name_or_folder_fails_before_any_training(tmp_path, monkeypatch):
         fit(build_model(_cfg(), 10), corpus, _cfg(record_name="fine"))
 
 
+def test_a_checkpoint_folder_that_cannot_be_made_fails_before_any_training(tmp_path, monkeypatch):
+    from fpcore.longdep import LongDepConfig, LongDepNet, train_longdep
+
+    (tmp_path / "file").write_text("not a folder")
+    ckpt = str(tmp_path / "file" / "ck.pt")
+    says = r"the folder of ck.pt: .*file cannot be created: a file of that name is in the way"
+    monkeypatch.setattr(train._Run, "train", lambda *a: pytest.fail("trained before checking the checkpoint folder"))
+    with pytest.raises(files.WriteError, match=says):
+        fit(build_model(_cfg(), 10), toy_corpus(), _cfg(checkpoint=ckpt))
+    monkeypatch.setattr(LongDepNet, "forward", lambda *a: pytest.fail("trained before checking the checkpoint folder"))
+    cfg = LongDepConfig(seq_len=8, hidden=4, layers=1, batch=2, embed=4, device="cpu", save=False, checkpoint=ckpt)
+    with pytest.raises(files.WriteError, match=says):
+        train_longdep(dataclasses.replace(cfg, progress=False))
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [
