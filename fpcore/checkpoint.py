@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from fpcore.files import REPO_ROOT, atomic_write
+from fpcore.files import REPO_ROOT, atomic_write, ensure_dir
 
 __all__ = [
     "FORMAT",
@@ -266,7 +266,8 @@ def _reason(err: BaseException) -> str:
 class Checkpointer:
     """Where one run keeps its resumable state: ``load()`` it at the start, ``save(state)`` on a schedule.
 
-    ``path`` None: the run keeps no checkpoint (``load`` gives None, ``save`` does nothing).
+    ``path`` None: the run keeps no checkpoint (``load`` gives None, ``save`` does nothing). Its folder is
+    created now, before any training (a folder that cannot be is a :class:`fpcore.files.WriteError`).
     ``identity``: the config's ``identity()``; ``required``: the keys ``load`` must find.
     """
 
@@ -279,6 +280,8 @@ class Checkpointer:
         legacy_identity: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     ):
         self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            ensure_dir(self.path.parent, what=f"the folder of {self.path.name}:")
         self.identity = dict(identity)
         self.required = required
         self.legacy_identity = legacy_identity

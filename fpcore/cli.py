@@ -36,6 +36,8 @@ __all__ = [
     "record_name",
     "device",
     "without_option",
+    "check_environment",
+    "run_command",
 ]
 
 # Modules that contribute a command, in the order `--help` lists them.
@@ -184,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_environment(parser: argparse.ArgumentParser) -> None:
-    """Settings read from the environment fail here, in one line, rather than deep inside a command."""
+def check_environment(parser: argparse.ArgumentParser) -> None:
+    """Settings read from the environment fail here, in one line (exit 2), rather than deep inside a command."""
     from fpcore import config
 
     for check in (config.profile, config.device):
@@ -195,26 +197,35 @@ def _check_environment(parser: argparse.ArgumentParser) -> None:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(prog: str, run: Callable[[], int]) -> int:
+    """``run()``'s exit code; an error on the input (``ValueError``, ``OSError``, a diverged run) is one line
+    on stderr and exit 1, Ctrl-C is exit 130 with the checkpoint to resume from. ``prog`` starts the line."""
     from fpcore.checkpoint import TrainingDiverged
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that start copies of themselves
-    _check_environment(parser)
-    from fpcore import results
-
     try:
-        # --record: exported to the environment, so notebooks run by `reproduce --record` record too
-        with results.recording() if getattr(args, "record", False) else contextlib.nullcontext():
-            return int(args.func(args) or 0)
+        return int(run() or 0)
     except KeyboardInterrupt as err:  # a trainer says which checkpoint to resume from
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, TrainingDiverged) as err:  # DataError, CheckpointError, WriteError: no traceback
         message = str(err).strip() or type(err).__name__
-        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that start copies of themselves
+    check_environment(parser)
+    from fpcore import results
+
+    def run() -> int:
+        # --record: exported to the environment, so notebooks run by `reproduce --record` record too
+        with results.recording() if getattr(args, "record", False) else contextlib.nullcontext():
+            return int(args.func(args) or 0)
+
+    return run_command(f"{parser.prog} {args.command}", run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -697,6 +697,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--ks must be positive integers separated by commas, got {args.ks!r}")
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
         p.error(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    from fpcore import cli
+
+    cli.check_environment(p)  # a bad FPCORE_DEVICE or FPCORE_PROFILE: one line, exit 2
+    return cli.run_command(p.prog, lambda: _run_main(args, ks))
+
+
+def _run_main(args: argparse.Namespace, ks: tuple[int, ...]) -> int:
     from fpcore import config
 
     if config.profile() != "full":

@@ -10,6 +10,8 @@ an error naming the file.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from pathlib import Path
 
 from fpcore import results as _results
@@ -79,12 +81,44 @@ def _targets(directory: Path) -> list[str]:
     return ["| file | target | measured | goal | met | device | commit |", "|---|---|---:|---:|---|---|---|", *rows]
 
 
-def section(directory: Path | None = None) -> str:
-    """The generated Markdown section, markers included, from ``directory`` (default: the tracked results/)."""
-    from fpcore.experiments import analyses, claims, format_analyses, format_table, lm_table
+# What a record missing a field, or holding one of the wrong type, makes the tables raise
+_UNSHOWABLE = (KeyError, TypeError, AttributeError, ValueError, IndexError)
 
+
+def _culprit(directory: Path) -> Path | None:
+    """The first record in ``directory`` whose tables cannot be made on its own (each tried alone)."""
+    for path in _results.find("*.json", directory):
+        with tempfile.TemporaryDirectory() as alone:
+            shutil.copy(path, alone)
+            try:
+                _section(Path(alone))
+            except _UNSHOWABLE:
+                return path
+    return None
+
+
+def section(directory: Path | None = None) -> str:
+    """The generated Markdown section, markers included, from ``directory`` (default: the tracked results/).
+
+    Raises ValueError naming the record that the tables cannot show."""
     directory = Path(directory) if directory is not None else _results.TRACKED
     check_records(directory)
+    try:
+        return _section(directory)
+    except _UNSHOWABLE as err:
+        if isinstance(err, ValueError) and str(directory) in str(err):
+            raise  # it names its file already
+        path = _culprit(directory)
+        where = f"{path}: the record" if path is not None else f"{directory}: a record"
+        raise ValueError(
+            f"{where} lacks a field the tables read, or holds one of the wrong type ({type(err).__name__}: "
+            f"{err}); restore it (git checkout) or delete it"
+        ) from None
+
+
+def _section(directory: Path) -> str:
+    from fpcore.experiments import analyses, claims, format_analyses, format_table, lm_table
+
     out = [START, "", "### Language models (full profile)", ""]
     for dataset in ("ptb", "wikitext-2", "ptb-char"):
         rows = lm_table(dataset, directory=directory)

@@ -103,3 +103,24 @@ def test_argument_types_refuse_nan_inf_and_signs():
     assert cli.positive(int)("1_000") == 1000 and cli.non_negative(float)("0") == 0.0 and cli.finite("-2") == -2.0
     argv = ["train", "--nproc-per-node", "2", "--lr=1", "--nproc-per-node=3"]
     assert cli.without_option(argv, "--nproc-per-node") == ["train", "--lr=1"]
+
+
+def test_the_experiments_command_fails_in_one_line_too(tmp_path, monkeypatch, capsys):
+    from fpcore import experiments
+
+    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("FPCORE_DEVICE", "bogus")
+    with pytest.raises(SystemExit) as info:
+        experiments.main(["ptb", "--ks", "1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "python -m fpcore.experiments: error: device 'bogus' (from $FPCORE_DEVICE) is not a device" in err
+    monkeypatch.delenv("FPCORE_DEVICE")
+
+    def unreadable(name, root=None):
+        raise data.DataError(f"{tmp_path}/ptb.train.txt: cannot be read (Permission denied)")
+
+    monkeypatch.setattr(data, "load_corpus", unreadable)
+    assert experiments.main(["ptb", "--ks", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"python -m fpcore.experiments: error: {tmp_path}/ptb.train.txt: cannot be read (Permission denied)\n"

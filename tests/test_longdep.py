@@ -76,6 +76,29 @@ def test_checkpoint_and_resume_continue_exactly(tmp_path):
     assert rest.losses[:5] == first.losses
 
 
+def test_a_non_finite_loss_stops_before_the_step_with_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    from fpcore.checkpoint import TrainingDiverged, load
+
+    forward, calls = LongDepNet.forward, [0]
+
+    def poisoned(self, symbols):
+        calls[0] += 1
+        out = forward(self, symbols)
+        return out * float("nan") if calls[0] == 4 else out
+
+    monkeypatch.setattr(LongDepNet, "forward", poisoned)
+    ckpt = tmp_path / "run.pt"
+    cfg = LongDepConfig(
+        max_iters=8, streak=1000, checkpoint=str(ckpt), checkpoint_every=2, save=False, device="cpu", **TINY
+    )
+    says = r"the training loss became nan at step 3: .* the last finite state is in checkpoint .*run.pt \(step 2\)"
+    with pytest.raises(TrainingDiverged, match=says):
+        train_longdep(cfg)
+    saved = load(ckpt, identity=cfg.identity())
+    assert saved["step"] == 2 and len(saved["losses"]) == 2
+    assert all(bool(torch.isfinite(v).all()) for v in saved["model"].values())
+
+
 def test_resume_refuses_a_checkpoint_from_another_experiment(tmp_path):
     ckpt = tmp_path / "run.pt"
     train_longdep(LongDepConfig(max_iters=2, checkpoint=str(ckpt), save=False, device="cpu", **TINY))

@@ -171,6 +171,46 @@ def test_the_results_command_names_a_bad_record_in_one_line(name, text, says, tm
     assert len(err.strip().splitlines()) == 1 and says in err and str(tmp_path / name) in err, err
 
 
+def _spoil(record: dict, key: str, value) -> dict:
+    """``record`` with ``key`` (``a.b`` one level down) set to ``value``, or removed when ``value`` is ``...``."""
+    record = json.loads(json.dumps(record))
+    *up, last = key.split(".")
+    inner = record[up[0]] if up else record
+    if value is ...:
+        del inner[last]
+    else:
+        inner[last] = value
+    return record
+
+
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("lm_ptb_small_lstm_bptt_full.json", "dataset", ...),
+        ("lm_ptb_small_lstm_bptt_full.json", "train_config", [1]),
+        ("analysis_lm_ptb_small_lstm_bptt_full.json", "fixed_point", "x"),
+        ("analysis_lm_ptb_small_lstm_bptt_full.json", "fixed_point.tokens", ...),
+        ("analysis_lm_ptb_small_lstm_bptt_full.json", "truncation.smallest_k", "x"),
+        ("analysis_lm_ptb_small_lstm_bptt_full.json", "eval_tokens", None),
+        ("scan_cpu.json", "meta", None),
+    ],
+)
+def test_a_record_missing_or_mistyping_any_field_the_tables_read_is_named_in_one_line(
+    name, key, value, tmp_path, monkeypatch, capsys
+):
+    from fpcore import cli
+
+    monkeypatch.setattr(results, "TRACKED", tmp_path)
+    for other in ("lm_ptb_small_lstm_jacobi_k4_full.json", "scan_cpu_target_1thread.json"):  # good neighbours
+        (tmp_path / other).write_bytes((results.REPO_ROOT / "results" / other).read_bytes())
+    spoilt = _spoil(results.load_json(results.REPO_ROOT / "results" / name), key, value)
+    (tmp_path / name).write_text(json.dumps(spoilt))
+    assert cli.main(["results"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"error: {tmp_path / name}: the record lacks a field the tables read, or holds one of the wrong" in err
+
+
 def test_the_readme_table_reads_the_tracked_folder_only(tmp_path, monkeypatch):
     from fpcore import report
 

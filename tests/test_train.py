@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import stat
 import sys
 import textwrap
 
@@ -70,6 +71,21 @@ def test_a_bad_name_or_folder_fails_before_any_training(tmp_path, monkeypatch):
     monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "file" / "results"))
     with pytest.raises(files.WriteError, match="results folder .* cannot be created: one of its parents is a file"):
         fit(build_model(_cfg(), 10), corpus, _cfg(record_name="fine"))
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_fails_before_any_training(tmp_path, monkeypatch):
+    from fpcore.longdep import LongDepConfig, LongDepNet, train_longdep
+
+    (tmp_path / "file").write_text("not a folder")
+    ckpt = str(tmp_path / "file" / "ck.pt")
+    says = r"the folder of ck.pt: .*file cannot be created: a file of that name is in the way"
+    monkeypatch.setattr(train._Run, "train", lambda *a: pytest.fail("trained before checking the checkpoint folder"))
+    with pytest.raises(files.WriteError, match=says):
+        fit(build_model(_cfg(), 10), toy_corpus(), _cfg(checkpoint=ckpt))
+    monkeypatch.setattr(LongDepNet, "forward", lambda *a: pytest.fail("trained before checking the checkpoint folder"))
+    cfg = LongDepConfig(seq_len=8, hidden=4, layers=1, batch=2, embed=4, device="cpu", save=False, checkpoint=ckpt)
+    with pytest.raises(files.WriteError, match=says):
+        train_longdep(dataclasses.replace(cfg, progress=False))
 
 
 @pytest.mark.parametrize(
@@ -404,6 +420,23 @@ def test_data_parallel_pause_is_exit_3_and_a_stopped_process_cannot_hang_the_oth
     assert "error: process 0: another process stopped answering for 5 s (FPCORE_DIST_TIMEOUT)" in err, err
     assert "run the same command again to resume" in err and "Traceback" not in err
     assert "error: process 0 of 2 exited with status 1" in err  # and the stopped one was ended by the launcher
+
+
+def test_a_paused_command_is_exit_3_and_under_torchrun_says_how_torchrun_reports_it(toy, tmp_path, capsys, monkeypatch):
+    ckpt = tmp_path / "ck.pt"
+    argv = [*TINY_CLI, "--max-train-tokens", "1200", "--checkpoint", str(ckpt)]
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # as torchrun sets it in each process
+    old = os.umask(0o022)
+    try:
+        assert cli.main([*argv, "--max-minutes", "1e-9"]) == 3
+    finally:
+        os.umask(old)
+    out = capsys.readouterr().out
+    assert f"paused at epoch 1, window 1; checkpoint {ckpt}: run the same command again to resume" in out
+    assert "(torchrun reports this pause as a failure; --nproc-per-node N reports it as exit 3)" in out
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o644  # others in a shared folder can read it
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert cli.main(argv) == 0 and "torchrun" not in capsys.readouterr().out
 
 
 def test_a_timeout_setting_that_is_not_a_number_is_refused(monkeypatch):
