@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -112,6 +113,9 @@ def test_unpack_copies_the_records_into_results(tmp_path, monkeypatch):
     (work / "logs").mkdir()
     (work / "logs" / "x.log").write_text("log")
     gpu_suite.pack(work, tmp_path / "a.tar.gz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.tar.gz").stat().st_mode & 0o777 == 0o666 & ~umask  # as any file a program creates
     monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "results"))
     assert [p.name for p in gpu_suite.copy_records(tmp_path / "a.tar.gz")] == ["scan_x.json"]
 

@@ -424,18 +424,20 @@ def _summary_text(work: Path, state: dict[str, Any]) -> str:
 # -- the archive ----------------------------------------------------------------------------------------
 def pack(work: Path, archive: Path) -> list[str]:
     """Pack the work folder into ``archive`` (tar.gz, written atomically); return what was left out (too big)."""
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    left_out = []
-    fd, tmp = tempfile.mkstemp(prefix=".gpu_suite.", suffix=".tmp", dir=archive.parent)
-    os.close(fd)
-    with tarfile.open(tmp, "w:gz") as tar:
-        for path in sorted(work.rglob("*")):
-            if path.is_file():
-                if path.stat().st_size > MAX_ARCHIVED_BYTES:
-                    left_out.append(f"{path.relative_to(work)} ({path.stat().st_size >> 20} MiB)")
-                    continue
-                tar.add(path, arcname=str(path.relative_to(work)))
-    os.replace(tmp, archive)
+    from fpcore.files import atomic_write
+
+    left_out: list[str] = []
+
+    def write(fh) -> None:
+        with tarfile.open(fileobj=fh, mode="w:gz") as tar:
+            for path in sorted(work.rglob("*")):
+                if path.is_file():
+                    if path.stat().st_size > MAX_ARCHIVED_BYTES:
+                        left_out.append(f"{path.relative_to(work)} ({path.stat().st_size >> 20} MiB)")
+                        continue
+                    tar.add(path, arcname=str(path.relative_to(work)))
+
+    atomic_write(archive, write, what="archive")  # readable by others (0666 less the umask), never half-written
     return left_out
 
 
