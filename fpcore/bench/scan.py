@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fpcore.bench.toolkit import comma_list
+from fpcore.bench.toolkit import comma_list, positive
+from fpcore.cli import non_negative
 
 STEM = "scan"
 HELP = "linear scan: providers x T x (B, D), fwd/bwd, GB/s, ratio to a memory-bound op, error vs float64"
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="the full GPU sweep (bigger shapes, T up to 2^20)")
     p.add_argument("--shapes", type=_shapes, help="(B, D) pairs, e.g. 8x256,1x16 (default: by profile)")
     p.add_argument("--log2-t", type=_log2_range, help="T range as log2 exponents, e.g. 10:20")
-    p.add_argument("--max-elements", type=int, help="skip points with B*T*D above this (default: by profile)")
+    p.add_argument("--max-elements", type=positive(int), help="skip points with B*T*D above this (default: by profile)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.add_argument(
         "--providers",
@@ -81,14 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma list from {', '.join(PROVIDERS)} (default: all that run)",
     )
     p.add_argument("--modes", type=comma_list(MODES), default=list(MODES), help="comma list of fwd,bwd,fwdbwd")
-    p.add_argument("--loop-max-t", type=int, help="run the Python loop only up to this T (default: by profile)")
+    p.add_argument(
+        "--loop-max-t", type=positive(int), help="run the Python loop only up to this T (default: by profile)"
+    )
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=positive(float),
         help="drop a provider for larger T of a shape once one call takes longer (default: by profile)",
     )
-    p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
+    p.add_argument("--repeat", type=positive(int), help="timed rounds per point (default: by profile)")
+    p.add_argument("--warmup", type=non_negative(int), default=1, help="untimed calls per provider first")
 
 
 # --- providers: each returns fwd(a, b) -> h on batch-first [B, T, D] tensors, or raises _Skip(reason)

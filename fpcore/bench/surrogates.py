@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fpcore.bench.toolkit import comma_list
+from fpcore.bench.toolkit import comma_list, positive
+from fpcore.cli import non_negative
 
 STEM = "surrogate_speed"
 HELP = "surrogate RNNs (SRU, QRNN w=2/10, GILR-LSTM), 2 layers, B*T fixed: parallel vs sequential recurrence, fwd+bwd"
@@ -55,14 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=list(PROVIDERS),
         help=f"comma list from {', '.join(PROVIDERS)} (default: all that run here)",
     )
-    p.add_argument("--hidden", type=int, help="width H of both layers (default: by profile)")
-    p.add_argument("--tokens", type=int, help="B * T, fixed (default: by profile)")
+    p.add_argument("--hidden", type=positive(int), help="width H of both layers (default: by profile)")
+    p.add_argument("--tokens", type=positive(int), help="B * T, fixed (default: by profile)")
     p.add_argument(
         "--seq-lens", type=comma_list(None, int), help="T values, each dividing --tokens (default: by profile)"
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeat", type=int, help="timed rounds per point (default: by profile)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider first")
+    p.add_argument("--repeat", type=positive(int), help="timed rounds per point (default: by profile)")
+    p.add_argument("--warmup", type=non_negative(int), default=1, help="untimed calls per provider first")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -60,15 +60,15 @@ __all__ = [
 
 # -- command-line argument types (argparse turns their ArgumentTypeError into exit 2 with one line) -------
 def positive(kind: Callable = int) -> Callable[[str], Any]:
-    """An argparse ``type`` for a number > 0 of ``kind`` (int accepts 1_000), with a one-line error."""
+    """An argparse ``type`` for a finite number > 0 of ``kind`` (int accepts 1_000), with a one-line error."""
 
     def parse(text: str):
         try:
             value = kind(text.replace("_", "") if kind is int else text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
         return value
 
     return parse
