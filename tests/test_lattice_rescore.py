@@ -28,6 +28,7 @@ from fpcore.lattice import (
     rescore_exact,
     rescore_merged,
     rescore_nbest,
+    sentence_scores,
     synth,
     with_sentence_end,
     write_slf,
@@ -269,6 +270,38 @@ def test_nbest_rescoring_scores_sentences_exactly(trigram):
     best = rescore_exact(lat, trigram).best()
     assert hyps[0].path.words == best.words and hyps[0].total == pytest.approx(best.total, abs=1e-9)
     assert [h.total for h in hyps] == sorted((h.total for h in hyps), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "method, iters, layers, route",
+    [
+        ("truncated", 3, 2, "contexts"),
+        ("jacobi", 2, 2, "contexts"),
+        ("bptt", None, 2, "prefixes"),
+        ("jacobi_carry", 2, 1, "whole sentences"),
+    ],
+)
+def test_shared_sentence_scores_equal_the_whole_sentence_scores(method, iters, layers, route):
+    """N-best lists share most of their words: scoring each distinct context (finite order) or prefix (a
+    recurrence) once must give each sentence's own score; a model that can do neither is scored whole."""
+    lm = TorchLM(tiny_model(method, iters, layers, seed=4), VOCAB)
+    rng = random.Random(1)
+    frame = [rng.randrange(2, len(WORDS)) for _ in range(9)]
+    sentences = [frame[: rng.randint(0, 9)] for _ in range(6)] + [list(frame), list(frame), []]
+    for _ in range(12):  # N-best-like variants: one or two words changed
+        s = list(frame)
+        for _ in range(rng.randint(1, 2)):
+            s[rng.randrange(len(s))] = rng.randrange(2, len(WORDS))
+        sentences.append(s)
+    got, want = sentence_scores(lm, sentences), lm.sentence_logprobs(sentences)
+    assert got.dtype == torch.float64 and got.shape == (len(sentences),)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+    assert {
+        "contexts": isinstance(lm.order, int),
+        "prefixes": lm.order is None and lm.steps,
+        "whole sentences": lm.order is None and not lm.steps,
+    }[route]
+    assert sentence_scores(lm, []).shape == (0,)
 
 
 # -- synthetic lattices ------------------------------------------------------------------------------------------------

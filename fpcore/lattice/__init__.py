@@ -38,6 +38,7 @@ from fpcore.lattice.rescore import (
     rescore_exact,
     rescore_merged,
     rescore_nbest,
+    sentence_scores,
     with_sentence_end,
 )
 from fpcore.lattice.scorers import (
@@ -79,6 +80,7 @@ __all__ = [
     "rescore_exact",
     "rescore_merged",
     "rescore_nbest",
+    "sentence_scores",
     "path_tokens",
     "hypothesis",
     "discrepancy",

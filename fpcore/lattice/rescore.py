@@ -40,6 +40,7 @@ __all__ = [
     "rescore_exact",
     "rescore_merged",
     "rescore_nbest",
+    "sentence_scores",
     "path_tokens",
     "hypothesis",
     "discrepancy",
@@ -98,6 +99,28 @@ def _contexts(history: tuple, bos: int, c: int) -> tuple[int, ...]:
     return ((bos, *history))[-c:] if c else ()
 
 
+def _context_logprobs(
+    lm: FiniteOrderLM, row_of: dict[tuple[int, ...], int], rows: list[int], toks: list[int], batch_size: int
+) -> torch.Tensor:
+    """log P(toks[i] | the context of row rows[i]) for every i, float64: ``lm.next_logprobs`` once per distinct
+    context (``row_of``: context -> row), in batches of ``batch_size`` contexts of equal length."""
+    out = torch.zeros(len(rows), dtype=torch.float64)
+    at_row, at_tok = torch.tensor(rows, dtype=torch.long), torch.tensor(toks, dtype=torch.long)
+    by_len: dict[int, list[tuple[int, ...]]] = {}
+    for ctx in row_of:
+        by_len.setdefault(len(ctx), []).append(ctx)
+    local = torch.full((len(row_of),), -1, dtype=torch.long)
+    for length, ctxs in by_len.items():
+        for at in range(0, len(ctxs), batch_size):
+            part = ctxs[at : at + batch_size]
+            logp = lm.next_logprobs(torch.tensor(part, dtype=torch.long).view(len(part), length))  # [b, V]
+            local.fill_(-1)
+            local[torch.tensor([row_of[x] for x in part])] = torch.arange(len(part))
+            hit = local[at_row] >= 0
+            out[hit] = logp[local[at_row[hit]], at_tok[hit]].double()
+    return out
+
+
 def rescore_exact(lattice: Lattice, lm: FiniteOrderLM, *, batch_size: int = 512) -> Rescored:
     """Expand ``lattice`` to unique ``lm.order``-token histories (``expand(lattice, lm.order + 1)``) and put
     ``lm``'s log-probability on every arc.
@@ -124,21 +147,7 @@ def rescore_exact(lattice: Lattice, lm: FiniteOrderLM, *, batch_size: int = 512)
         arc_ids.append(i)
     new_lm = torch.zeros(len(lat.arcs), dtype=torch.float64)
     if arc_ids:
-        rows = torch.tensor(arc_rows)
-        toks = torch.tensor(arc_toks)
-        ids = torch.tensor(arc_ids)
-        by_len: dict[int, list[tuple[int, ...]]] = {}
-        for ctx in row_of:
-            by_len.setdefault(len(ctx), []).append(ctx)
-        for length, ctxs in by_len.items():
-            for at in range(0, len(ctxs), batch_size):
-                part = ctxs[at : at + batch_size]
-                logp = lm.next_logprobs(torch.tensor(part, dtype=torch.long).view(len(part), length))  # [b, V]
-                want = torch.tensor([row_of[x] for x in part])
-                local = torch.full((len(row_of),), -1, dtype=torch.long)
-                local[want] = torch.arange(len(part))
-                hit = local[rows] >= 0
-                new_lm[ids[hit]] = logp[local[rows[hit]], toks[hit]].double()
+        new_lm[torch.tensor(arc_ids)] = _context_logprobs(lm, row_of, arc_rows, arc_toks, batch_size)
     return Rescored(lattice=lat.with_lm_scores(new_lm.tolist()), expansion=exp)
 
 
@@ -211,14 +220,15 @@ class RescoredPath:
 
 def rescore_nbest(lattice: Lattice, lm: LanguageModel, n: int = 100) -> list[RescoredPath]:
     """The ``n`` best distinct sentences of the lattice (by its own scores), each rescored as a sentence by
-    ``lm``; best new total first. total = acscale * a + lmscale * (new LM score) + wdpenalty * (word arcs).
+    ``lm`` (:func:`sentence_scores`); best new total first.
+    total = acscale * a + lmscale * (new LM score) + wdpenalty * (word arcs).
 
     The word arcs are the path's, plus one when the lattice has no end marker (the sentence score includes
     eos): the same for every path, as in :func:`with_sentence_end`.
     """
     vocab = lm.vocab
     paths = nbest(lattice, n, unique=True)
-    scores = lm.sentence_logprobs([path_tokens(p, vocab) for p in paths])
+    scores = sentence_scores(lm, [path_tokens(p, vocab) for p in paths])
     adds_end = with_sentence_end(lattice, vocab) is not lattice
     out = [
         RescoredPath(
@@ -229,6 +239,60 @@ def rescore_nbest(lattice: Lattice, lm: LanguageModel, n: int = 100) -> list[Res
         for p, s in zip(paths, scores)
     ]
     return sorted(out, key=lambda r: -r.total)
+
+
+def sentence_scores(lm: LanguageModel, sentences: Sequence[Sequence[int]], *, batch_size: int = 512) -> torch.Tensor:
+    """Each sentence's score by ``lm`` (as ``lm.sentence_logprobs``, to rounding), computing what the sentences
+    share once. An N-best list is a few words of difference on a common frame, so this is most of the work saved:
+
+    - a finite-order model (integer ``order``): one next-token distribution per distinct context of ``order``
+      tokens across all the sentences (:meth:`FiniteOrderLM.next_logprobs`);
+    - a recurrent model that can be stepped: one step per distinct prefix, the sentences walked as a prefix
+      tree, one batch per depth;
+    - anything else: ``lm.sentence_logprobs``.
+    """
+    if not sentences:
+        return torch.zeros(0, dtype=torch.float64)
+    vocab = lm.vocab
+    order = getattr(lm, "order", None)
+    if isinstance(order, int) and isinstance(lm, FiniteOrderLM):
+        row_of: dict[tuple[int, ...], int] = {}
+        rows, toks, owner = [], [], []
+        for i, s in enumerate(sentences):
+            history = (vocab.bos, *s)
+            for j, t in enumerate((*s, vocab.eos)):
+                rows.append(row_of.setdefault(history[max(0, j + 1 - order) : j + 1] if order else (), len(row_of)))
+                toks.append(t)
+                owner.append(i)
+        picked = _context_logprobs(lm, row_of, rows, toks, batch_size)
+        return torch.zeros(len(sentences), dtype=torch.float64).index_add_(0, torch.tensor(owner), picked)
+    if isinstance(lm, RecurrentLM) and getattr(lm, "steps", True):
+        return _prefix_tree_scores(lm, sentences)
+    return lm.sentence_logprobs(sentences)
+
+
+def _prefix_tree_scores(lm: RecurrentLM, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The sentences' scores by stepping ``lm`` once per distinct prefix (depth by depth, one batch each)."""
+    vocab = lm.vocab
+    out = torch.zeros(len(sentences), dtype=torch.float64)
+    logp, state = lm.step(torch.tensor([vocab.bos]), None)
+    row_of: dict[tuple[int, ...], int] = {(): 0}  # the prefixes of the current depth -> their row in logp / state
+    for depth in range(max(len(s) for s in sentences) + 1):
+        for i, s in enumerate(sentences):
+            if len(s) >= depth:
+                out[i] += float(logp[row_of[tuple(s[:depth])], s[depth] if depth < len(s) else vocab.eos])
+        nxt: dict[tuple[int, ...], int] = {}
+        parents, toks = [], []
+        for s in sentences:
+            if len(s) > depth and tuple(s[: depth + 1]) not in nxt:
+                nxt[tuple(s[: depth + 1])] = len(nxt)
+                parents.append(row_of[tuple(s[:depth])])
+                toks.append(s[depth])
+        if not nxt:
+            break
+        logp, state = lm.step(torch.tensor(toks), lm.select(state, torch.tensor(parents)))
+        row_of = nxt
+    return out
 
 
 def discrepancy(lattice: Lattice, lm: LanguageModel, paths: Sequence[Path]) -> torch.Tensor:

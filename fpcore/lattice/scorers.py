@@ -254,7 +254,8 @@ class TorchLM:
     - ``sentence_logprobs``: one forward pass per batch of sentences (bos + words, right-padded), summed
       log-probabilities of words + eos: the model's own score of each sentence;
     - ``step`` / ``select``: the recurrence one token at a time (models evaluated by "bptt", or the exact
-      "newton"/"quasi_newton" solvers, whose weights give the same recurrence: stepped by torch.nn).
+      "newton"/"quasi_newton" solvers, whose weights give the same recurrence: stepped by torch.nn); ``steps``
+      says whether the model is one of these.
     """
 
     def __init__(
@@ -267,6 +268,7 @@ class TorchLM:
         self.device = next(self.model.parameters()).device
         self.order = order_of(self.model)
         self.method = getattr(self.model, "method", "bptt")
+        self.steps = self.method in ("bptt", "newton", "quasi_newton")  # step() runs its recurrence
 
     def __repr__(self) -> str:
         describe = getattr(self.model, "describe", None)
@@ -309,7 +311,7 @@ class TorchLM:
 
     # -- the recurrence, one token at a time --------------------------------------------------------------------
     def _stepper(self) -> torch.nn.Module:
-        if self.method not in ("bptt", "newton", "quasi_newton"):
+        if not self.steps:
             raise TypeError(
                 f"{self!r}: stepping one token at a time needs a recurrent model; method {self.method!r} is not "
                 "the recurrence of its weights"
