@@ -44,6 +44,31 @@ def test_evaluate_reports_every_method_and_the_exact_gap(scorers):
     assert res["nbest_search_errors"] == sum(e > b + 1e-6 * max(1, abs(e)) for e, b in zip(exact, listed))
     rows = lx.summary_rows(res)
     assert [r["method"] for r in rows] == list(m) and rows[2]["max gap (lattice - sentence)"] != ""
+    per = res["per_lattice"]
+    assert sum(per["words"]) == res["reference_words"]
+    assert all(sum(per["errors"][k]) == v["errors"] for k, v in m.items())
+    assert (
+        rows[2]["WER - finite-order exact (95% interval)"] == ""
+        and "[" in rows[0]["WER - finite-order exact (95% interval)"]
+    )
+
+
+def test_paired_bootstrap_interval():
+    # method b makes one error fewer than a on every one of 400 ten-word lattices: 10 points better, no spread
+    same = {"words": [10] * 400, "errors": {"a": [3] * 400, "b": [2] * 400}}
+    out = lx.paired_bootstrap({"per_lattice": same}, "b", "a")
+    assert (
+        out["diff"] == pytest.approx(-0.1) and out["low"] == pytest.approx(-0.1) and out["high"] == pytest.approx(-0.1)
+    )
+    assert out["p_not_better"] == 0
+    # no difference on average (half the lattices better by one, half worse): the interval holds 0
+    mixed = {"words": [10] * 400, "errors": {"a": [3] * 400, "b": [2, 4] * 200}}
+    out = lx.paired_bootstrap({"per_lattice": mixed}, "b", "a", samples=4000)
+    assert out["diff"] == 0 and out["low"] < 0 < out["high"] and 0.3 < out["p_not_better"] < 0.7
+    # about the width the normal approximation gives: sd of the mean of +-1 per 10 words over 400 lattices
+    assert out["high"] - out["low"] == pytest.approx(2 * 1.96 * 0.1 / 400**0.5, rel=0.15)
+    with pytest.raises(ValueError, match="no per-lattice errors"):
+        lx.paired_bootstrap({"methods": {}}, "b", "a")
 
 
 def test_evaluate_cache_resumes_and_restarts_on_a_new_fingerprint(scorers, tmp_path, monkeypatch):
@@ -81,6 +106,9 @@ def test_record_writes_targets_and_a_figure(scorers, tmp_path, monkeypatch):
     assert t["met"] and t["value"] < 1e-9 and t["paths"] > 0
     w = rec["targets"]["lattice_wer_exact_finite_order"]
     assert w["met"] and set(w["wer"]) == {"finite-order exact", "BPTT N-best (N=100)", "lattice 1-best", "oracle"}
+    vs = w["against_exact"]["oracle"]
+    assert set(w["against_exact"]) == set(rec["methods"]) - {"finite-order exact"}
+    assert vs["low"] <= vs["diff"] <= vs["high"] <= 0  # the oracle is never worse than any rescoring
     assert rec["meta"]["device"] and rec["plan"]["noise"]["p_missing"] == 0.04
     assert grown["nodes"][0] == sum(len(x.nodes) for x in lattices)  # order 1: the lattices themselves
     assert grown["nodes"] == sorted(grown["nodes"])

@@ -37,7 +37,7 @@ import torch
 
 from fpcore import config as _config
 from fpcore import results as _results
-from fpcore.lattice.core import Lattice, nbest, oracle, word_errors
+from fpcore.lattice.core import Lattice, edit_distance, nbest, oracle, word_errors
 from fpcore.lattice.rescore import discrepancy, hypothesis, rescore_exact, rescore_merged, rescore_nbest
 from fpcore.lattice.scorers import FiniteOrderLM, NGramLM, RecurrentLM, Vocabulary
 from fpcore.lattice.slf import read_slf
@@ -52,6 +52,7 @@ __all__ = [
     "evaluate",
     "record",
     "summary_rows",
+    "paired_bootstrap",
     "describe",
     "growth",
     "figure",
@@ -343,6 +344,11 @@ def evaluate(
     sizes: Counter = Counter()
     for row, _ in done:
         sizes.update(row["sizes"])
+    # per lattice, what the WER intervals resample (paired_bootstrap)
+    per_lattice = {
+        "words": [len(r) for _, r in done],
+        "errors": {name: [edit_distance(r, row["hyp"][name]) for row, r in done] for name in names},
+    }
     return {
         "lattices": len(done),
         "complete": complete and len(done) == len(lattices),
@@ -350,6 +356,7 @@ def evaluate(
         "methods": methods,
         "sizes": dict(sizes),
         "nbest_search_errors": sum(row["search_error"] for row, _ in done),
+        "per_lattice": per_lattice,
         # per lattice: the finite-order model's best total over the whole lattice and over its N-best list
         "best_totals": {
             "exact": [row["totals"]["exact"] for row, _ in done],
@@ -362,20 +369,52 @@ def _utt(lat: Lattice, i: int) -> str:
     return lat.utterance or f"#{i}"
 
 
-def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method: WER (%), errors / words, seconds, max abs(lattice - sentence LM score) where measured."""
+def paired_bootstrap(
+    result: dict[str, Any], method: str, baseline: str, *, samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """WER(method) - WER(baseline) on the same lattices, with a percentile interval from resampling whole
+    lattices with replacement (the paired bootstrap of Koehn, EMNLP 2004; Bisani & Ney, ICASSP 2004):
+    {"diff", "low", "high"} in WER points (fractions), and ``p_not_better``: the share of resamples in which
+    ``method`` is not better than ``baseline``. Needs ``result["per_lattice"]`` (:func:`evaluate` keeps it)."""
+    per = result.get("per_lattice")
+    if not per:
+        raise ValueError("the result has no per-lattice errors (records written before they were kept)")
+    words = torch.tensor(per["words"], dtype=torch.float64)
+    delta = torch.tensor(per["errors"][method], dtype=torch.float64) - torch.tensor(
+        per["errors"][baseline], dtype=torch.float64
+    )
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(words), (samples, len(words)), generator=gen)
+    diffs = delta[pick].sum(1) / words[pick].sum(1).clamp(min=1)
+    tail = (1 - level) / 2
+    return {
+        "diff": float(delta.sum() / words.sum().clamp(min=1)),
+        "low": float(diffs.quantile(tail)),
+        "high": float(diffs.quantile(1 - tail)),
+        "p_not_better": float((diffs >= 0).double().mean()),
+    }
+
+
+def summary_rows(result: dict[str, Any], *, baseline: str = "finite-order exact") -> list[dict[str, Any]]:
+    """One row per method: WER (%), errors / words, seconds, max abs(lattice - sentence LM score) where measured,
+    and, when the result keeps per-lattice errors, the WER difference from ``baseline`` with its 95% paired
+    bootstrap interval (percentage points)."""
     rows = []
     for name, m in result["methods"].items():
         d = m.get("discrepancy")
-        rows.append(
-            {
-                "method": name,
-                "WER %": round(100 * m["wer"], 2),
-                "errors / words": f"{m['errors']} / {m['words']}",
-                "seconds": round(m["seconds"], 2),
-                "max gap (lattice - sentence)": "" if d is None else f"{d['max_abs']:.2e}",
-            }
-        )
+        row = {
+            "method": name,
+            "WER %": round(100 * m["wer"], 2),
+            "errors / words": f"{m['errors']} / {m['words']}",
+            "seconds": round(m["seconds"], 2),
+            "max gap (lattice - sentence)": "" if d is None else f"{d['max_abs']:.2e}",
+        }
+        if result.get("per_lattice") and baseline in result["methods"]:
+            b = paired_bootstrap(result, name, baseline)
+            row[f"WER - {baseline} (95% interval)"] = (
+                "" if name == baseline else f"{100 * b['diff']:+.2f} [{100 * b['low']:+.2f}, {100 * b['high']:+.2f}]"
+            )
+        rows.append(row)
     return rows
 
 
@@ -404,6 +443,10 @@ def record(
             "wer": wers,
             "lattices": result["lattices"],
         }
+        if result.get("per_lattice"):  # each method against the exact rescoring, with its 95% interval
+            targets["lattice_wer_exact_finite_order"]["against_exact"] = {
+                k: paired_bootstrap(result, k, "finite-order exact") for k in methods if k != "finite-order exact"
+            }
     payload = {
         "plan": {**dataclasses.asdict(plan), "noise": dataclasses.asdict(plan.noise)},
         "models": {
