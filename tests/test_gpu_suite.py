@@ -128,3 +128,29 @@ def test_fetch_wheels_downloads_cp312_manylinux_wheels(monkeypatch, tmp_path):
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "accelerated-scan==0.3.1" in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.12" and "manylinux2014_x86_64" in cmd
     assert cmd[cmd.index("-d") + 1] == str(tmp_path)
+
+
+def test_without_a_gpu_the_suite_says_so_in_one_line(monkeypatch, capsys):
+    from fpcore import cli
+
+    monkeypatch.setattr(gpu_suite, "_has_gpu", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["gpu-suite", "--minutes", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "no CUDA GPU here" in err[-1] and "--dry-run" in err[-1]
+
+
+def test_an_interrupted_sitting_still_writes_what_it_did(monkeypatch, tmp_path, capsys):
+    from fpcore import cli
+
+    def interrupted(*, minutes, work, dry, parts):  # one part done, then Ctrl-C
+        gpu_suite._save_state(work, {"steps": {"pytest-gpu": {"status": "done"}}, "sittings": []})
+        (work / "records").mkdir(exist_ok=True)
+        (work / "records" / "gpu_tests.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_suite, "run_suite", interrupted)
+    archive = tmp_path / "a.tar.gz"
+    assert cli.main(["gpu-suite", "--dry-run", "--minutes", "1", "--archive", str(archive)]) == 130
+    assert "interrupted" in capsys.readouterr().out
+    assert {"state.json", "records/gpu_tests.json", "summary.md"} <= _members(archive)

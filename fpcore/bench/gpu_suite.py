@@ -520,11 +520,22 @@ def _main(args: argparse.Namespace) -> int:
     resume = args.resume or (args.archive if args.archive is not None and args.archive.exists() else None)
     if args.resume is not None and not args.resume.is_file():
         args._parser.error(f"--resume: no such archive {args.resume}")
+    if not args.dry_run and not _has_gpu():
+        args._parser.error(
+            "no CUDA GPU here (torch.cuda.is_available() is False): the suite measures GPU kernels; "
+            "--dry-run runs the same code path at tiny sizes on the CPU"
+        )
+    interrupted = False
     with _WorkFolder(args.work, keep=args.archive is None) as work:
         if resume is not None:
             unpack(resume, work)
             print(f"[gpu-suite] resuming from {resume}")
-        state = run_suite(minutes=args.minutes, work=work, dry=args.dry_run, parts=parts)
+        try:
+            state = run_suite(minutes=args.minutes, work=work, dry=args.dry_run, parts=parts)
+        except KeyboardInterrupt:  # the parts finished so far are kept: summary and archive as after a sitting
+            interrupted = True
+            state = _load_state(work)
+            print("[gpu-suite] interrupted: the parts done so far are kept; run again with --resume to go on")
         text = _summary_text(work, state)
         (work / "summary.md").write_text(text)
         print(text)
@@ -532,7 +543,13 @@ def _main(args: argparse.Namespace) -> int:
             for what in pack(work, args.archive):
                 print(f"[gpu-suite] not archived (too big): {what}")
             print(f"[gpu-suite] wrote {args.archive}")
-    return 0
+    return 130 if interrupted else 0
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class _WorkFolder:
