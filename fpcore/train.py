@@ -500,13 +500,19 @@ class _Run:
         saved = self.ckpt.load()
         if saved is None:
             return False
+        written_by = len(saved["ranks"]) if "ranks" in saved else 1
+        if written_by != self.world:  # each process's streams carry their own state: it cannot be re-dealt
+            raise _ckpt.CheckpointError(
+                f"checkpoint {self.cfg.checkpoint} was written by {written_by} process(es), this run has "
+                f"{self.world}: resume it with --nproc-per-node {written_by}, or delete it to start afresh"
+            )
         self.model.load_state_dict(saved["model"])
         self.opt.load_state_dict(saved["optimizer"])
         p = self.progress
         for key in _Progress.SHARED:
             setattr(p, key, saved[key])
         if "ranks" in saved:
-            mine = saved["ranks"][self.rank % len(saved["ranks"])]
+            mine = saved["ranks"][self.rank]
         else:  # written before each process's part was kept
             mine = {k: saved[k] for k in ("state", "rng", "nll_sum", "nll_count")}
         p.state, p.nll_sum, p.nll_count = _to(mine["state"], self.device), mine["nll_sum"], mine["nll_count"]

@@ -398,7 +398,7 @@ if sys.argv[1] == "stop" and os.environ["RANK"] == "1":
 try:
     record = train.fit(train.build_model(cfg, corpus.vocab_size), corpus, cfg,
                        max_seconds=0.0 if sys.argv[1] == "pause" else None)
-except OSError as err:
+except (OSError, ValueError) as err:
     print(f"error: {{err}}", file=sys.stderr)
     sys.exit(1)
 sys.exit(0 if record.get("finished", True) else 3)
@@ -412,6 +412,11 @@ def test_data_parallel_pause_is_exit_3_and_a_stopped_process_cannot_hang_the_oth
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("FPCORE_DIST_TIMEOUT", "5")
     assert train.launch([sys.executable, str(script), "pause", str(tmp_path / "a.pt")], 2) == 3
+    capfd.readouterr()
+    # a checkpoint holds each process's stream state: another number of processes is refused, in one line
+    assert train.launch([sys.executable, str(script), "run", str(tmp_path / "a.pt")], 1) == 1
+    err = capfd.readouterr().err
+    assert "was written by 2 process(es), this run has 1: resume it with --nproc-per-node 2" in err, err
     assert train.launch([sys.executable, str(script), "run", str(tmp_path / "a.pt")], 2) == 0  # resumed to the end
     capfd.readouterr()
     code = train.launch([sys.executable, str(script), "stop", str(tmp_path / "b.pt")], 2, grace_s=2.0)
