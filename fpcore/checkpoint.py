@@ -38,6 +38,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -340,6 +341,8 @@ class GracefulInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        # said at once: the step under way may take a while (a long sequence, a first call that compiles)
+        print("\nstopping after the current step, to checkpoint (Ctrl-C again: stop at once)", file=sys.stderr)
 
     def __enter__(self) -> GracefulInterrupt:
         main = threading.current_thread() is threading.main_thread()

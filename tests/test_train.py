@@ -468,6 +468,7 @@ def test_ctrl_c_checkpoints_at_the_next_window_and_the_run_resumes_exactly(tmp_p
     with pytest.raises(KeyboardInterrupt, match=r"ck.pt holds epoch 1, window 5: run the same training again"):
         fit(build_model(cfg, 10), corpus, cfg)
     monkeypatch.undo()
+    assert "stopping after the current step, to checkpoint (Ctrl-C again: stop at once)" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     again = fit(build_model(cfg, 10), corpus, cfg)
     assert again["history"] == whole["history"] and again["test_ppl"] == whole["test_ppl"]
