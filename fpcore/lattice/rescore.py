@@ -259,9 +259,8 @@ def sentence_scores(lm: LanguageModel, sentences: Sequence[Sequence[int]], *, ba
         row_of: dict[tuple[int, ...], int] = {}
         rows, toks, owner = [], [], []
         for i, s in enumerate(sentences):
-            history = (vocab.bos, *s)
             for j, t in enumerate((*s, vocab.eos)):
-                rows.append(row_of.setdefault(history[max(0, j + 1 - order) : j + 1] if order else (), len(row_of)))
+                rows.append(row_of.setdefault(_contexts(tuple(s[:j]), vocab.bos, order), len(row_of)))
                 toks.append(t)
                 owner.append(i)
         picked = _context_logprobs(lm, row_of, rows, toks, batch_size)
