@@ -330,27 +330,107 @@ def check_finite(value: float, *, what: str, where: str, checkpointer: Checkpoin
 class GracefulInterrupt:
     """``with GracefulInterrupt(enabled) as stop:`` turns a first Ctrl-C (SIGINT) into ``stop.requested =
     True``, for the loop to check at a point where its state is whole (a window or step boundary): it then
-    checkpoints and raises KeyboardInterrupt. A second Ctrl-C raises at once. Only in the main thread, and
-    only over Python's default handler (a handler someone else installed is left alone)."""
+    checkpoints and raises KeyboardInterrupt. A second Ctrl-C stops at once. Only in the main thread, and
+    only over Python's default handler (a handler someone else installed is left alone).
 
-    def __init__(self, enabled: bool = True):
+    Python runs its signal handlers in the main thread between bytecodes, so during one long C++ call (the
+    backward pass of a long sequence: minutes on a CPU) neither Ctrl-C would be seen until the call returns. A
+    small thread therefore listens on the signal wake-up file descriptor: it says at once that the run will
+    stop after the current step, and on a second Ctrl-C it ends the process (exit 130) if the main thread has
+    not stopped by itself within a second. The checkpoint on disk is never half-written (:func:`save` writes
+    atomically), so it survives that exit. In a Jupyter kernel, where ending the process would kill the
+    kernel, the second Ctrl-C raises KeyboardInterrupt when the call returns instead (``exit_on_second``:
+    None decides so; True / False force it).
+    """
+
+    def __init__(self, enabled: bool = True, *, exit_on_second: bool | None = None):
         self.enabled, self.requested = enabled, False
+        if exit_on_second is None:
+            exit_on_second = "ipykernel" not in sys.modules
+        self.exit_on_second = exit_on_second
         self._before: Any = None
+        self._calls = 0  # calls of the Python handler (signals that arrive during one C call make one call)
+        self._seen = 0  # signals read by the listener (one byte each)
+        self._lock = threading.Lock()
+        self._pipe: tuple[int, int] | None = None
+        self._closed = threading.Event()
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+    def _first(self) -> None:
+        with self._lock:
+            if self.requested:
+                return
+            self.requested = True
         # said at once: the step under way may take a while (a long sequence, a first call that compiles)
         print("\nstopping after the current step, to checkpoint (Ctrl-C again: stop at once)", file=sys.stderr)
+
+    def _handle(self, signum, frame) -> None:
+        self._calls += 1
+        if max(self._calls, self._seen) >= 2:
+            raise KeyboardInterrupt
+        self._first()
+
+    def _listen(self, fd: int) -> None:
+        try:
+            self._read(fd)
+        finally:
+            os.close(fd)  # the read end is the listener's: closed here, never under a read in progress
+
+    def _read(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data or self._closed.is_set():
+                return
+            for signum in data:
+                if signum != signal.SIGINT:
+                    continue
+                self._seen += 1
+                if self._seen == 1:
+                    self._first()
+                elif self._seen == 2 and self.exit_on_second and not self._closed.wait(1.0):
+                    # the main thread is inside a long call: end the process here
+                    print("\nstopped at once (the last checkpoint written, if any, is intact)", file=sys.stderr)
+                    for stream in (sys.stdout, sys.stderr):
+                        try:
+                            stream.flush()
+                        except (OSError, ValueError):
+                            pass
+                    os._exit(130)
+
+    def _start_listener(self) -> None:
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return
+        try:
+            os.set_blocking(w, False)
+            previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (OSError, ValueError):  # no wake-up fd on this platform or thread
+            previous = None
+        if previous != -1:  # none, or someone else's (an event loop): leave it, and do without the listener
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+            os.close(r)
+            os.close(w)
+            return
+        self._pipe = (r, w)
+        threading.Thread(target=self._listen, args=(r,), name="fpcore-ctrl-c", daemon=True).start()
 
     def __enter__(self) -> GracefulInterrupt:
         main = threading.current_thread() is threading.main_thread()
         if self.enabled and main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._before = signal.signal(signal.SIGINT, self._handle)
+            self._start_listener()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closed.set()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(-1)
+            os.close(self._pipe[1])  # the listener reads end-of-file, closes its end and ends
+            self._pipe = None
         if self._before is not None:
             signal.signal(signal.SIGINT, self._before)
             self._before = None

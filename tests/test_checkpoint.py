@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -204,3 +206,90 @@ def test_checkpoint_dir_is_one_setting(tmp_path, monkeypatch):
     assert checkpoint.checkpoint_dir() == files.REPO_ROOT / "checkpoints"
     with pytest.raises(ValueError, match="plain file stem"):
         checkpoint.checkpoint_path("../escape")
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------------------
+# A child whose main thread sits in one long call that Python's handlers cannot interrupt, as the backward pass
+# of a long sequence does: SIGINT is blocked in the main thread (after the listener thread has started), so the
+# signal reaches Python only through the listener. A sleep stands for the call.
+_STUCK = """
+import signal, sys, time
+from fpcore.checkpoint import GracefulInterrupt
+with GracefulInterrupt(exit_on_second={exit_on_second}) as stop:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGINT}})
+    print("ready", flush=True)
+    time.sleep(60)
+    print("returned", stop.requested, flush=True)
+"""
+
+
+def _stuck_child(exit_on_second: bool) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STUCK.format(exit_on_second=exit_on_second)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert _read_until(child.stdout, "ready\n") == "ready\n"
+    return child
+
+
+def _read_until(stream, text: str, timeout: float = 20.0) -> str:
+    """What ``stream`` (a child's binary pipe) says until ``text`` appears, or until ``timeout`` seconds pass."""
+    import selectors
+
+    got, deadline = b"", time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while text.encode() not in got and sel.select(max(0.0, deadline - time.monotonic())):
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            got += chunk
+    return got.decode()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX only")
+def test_ctrl_c_is_answered_at_once_and_a_second_one_stops_a_long_call():
+    child = _stuck_child(exit_on_second=True)
+    try:
+        child.send_signal(signal.SIGINT)
+        said = _read_until(child.stderr, "(Ctrl-C again: stop at once)\n")
+        assert said == "\nstopping after the current step, to checkpoint (Ctrl-C again: stop at once)\n"
+        assert child.poll() is None  # the first Ctrl-C only asks
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=20) == 130  # not the 60 s of the call
+        out, err = child.communicate()
+        assert b"returned" not in out and b"stopped at once" in err
+    finally:
+        child.kill()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX only")
+def test_in_a_kernel_a_second_ctrl_c_does_not_end_the_process():
+    child = _stuck_child(exit_on_second=False)
+    try:
+        child.send_signal(signal.SIGINT)
+        assert "stopping after the current step" in _read_until(child.stderr, "stop at once)\n")
+        child.send_signal(signal.SIGINT)  # (two sent back to back could merge into one pending signal)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=3)  # still in its call: the kernel lives on
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_two_quick_ctrl_cs_in_python_code_raise_keyboard_interrupt(capsys):
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.GracefulInterrupt() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python code: the handler runs between bytecodes
+                if stop.requested:
+                    break
+                time.sleep(0.001)
+            assert stop.requested
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                time.sleep(0.001)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.set_wakeup_fd(-1) == -1  # the wake-up descriptor was given back
+    assert capsys.readouterr().err.count("stopping after the current step") == 1
