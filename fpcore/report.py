@@ -130,7 +130,8 @@ def _section(directory: Path) -> str:
         if found:
             out += [
                 "Trained models (paper B): smallest truncation within 1% of the recurrent perplexity on validation, "
-                "and the one-step contraction ||ds_t/ds_{t-1}|| along real text:",
+                "and the one-step contraction, the spectral norm ||ds_t/ds_{t-1}||_2 along real text (an LSTM's "
+                "state s is (h, c); paper B's LSTM condition bounds another norm: `fpcore.stability.lstm_condition`):",
                 "",
                 format_analyses(found),
                 "",
