@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -36,3 +38,13 @@ def _scratch_outputs(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
     monkeypatch.setenv("FPCORE_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
     monkeypatch.delenv("FPCORE_RECORD", raising=False)
+
+
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """SIGINT handled by Python's default handler, as in a terminal. A run started in the background (``nohup``,
+    ``&`` in a script, some CI runners) inherits SIGINT ignored: no Ctrl-C reaches it, and GracefulInterrupt
+    rightly stays out of the way."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

@@ -211,13 +211,16 @@ def test_checkpoint_dir_is_one_setting(tmp_path, monkeypatch):
 # -- Ctrl-C ---------------------------------------------------------------------------------------------------
 # A child whose main thread sits in one long call that Python's handlers cannot interrupt, as the backward pass
 # of a long sequence does: SIGINT is blocked in the main thread (after the listener thread has started), so the
-# signal reaches Python only through the listener. A sleep stands for the call.
+# signal reaches Python only through the listener. A sleep stands for the call; "ready" is said from another
+# thread a second into it, so that no signal arrives while the main thread still runs Python code (where its
+# handler would run, rightly, between two bytecodes).
 _STUCK = """
-import signal, sys, time
+import signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background parent ignores it)
 from fpcore.checkpoint import GracefulInterrupt
 with GracefulInterrupt(exit_on_second={exit_on_second}) as stop:
     signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGINT}})
-    print("ready", flush=True)
+    threading.Timer(1.0, lambda: print("ready", flush=True)).start()
     time.sleep(60)
     print("returned", stop.requested, flush=True)
 """
@@ -278,7 +281,7 @@ def test_in_a_kernel_a_second_ctrl_c_does_not_end_the_process():
         child.wait()
 
 
-def test_two_quick_ctrl_cs_in_python_code_raise_keyboard_interrupt(capsys):
+def test_two_quick_ctrl_cs_in_python_code_raise_keyboard_interrupt(capsys, ctrl_c_reaches_python):
     with pytest.raises(KeyboardInterrupt):
         with checkpoint.GracefulInterrupt() as stop:
             os.kill(os.getpid(), signal.SIGINT)

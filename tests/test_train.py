@@ -452,7 +452,9 @@ def test_a_timeout_setting_that_is_not_a_number_is_refused(monkeypatch):
     assert train.dist_timeout().total_seconds() == 90
 
 
-def test_ctrl_c_checkpoints_at_the_next_window_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_checkpoints_at_the_next_window_and_the_run_resumes_exactly(
+    tmp_path, monkeypatch, capsys, ctrl_c_reaches_python
+):
     corpus = toy_corpus()
     cfg = _cfg(checkpoint=str(tmp_path / "ck.pt"), checkpoint_every=100, dropout=0.2)
     whole = fit(build_model(cfg, 10), corpus, dataclasses.replace(cfg, checkpoint=str(tmp_path / "whole.pt")))
@@ -474,7 +476,7 @@ def test_ctrl_c_checkpoints_at_the_next_window_and_the_run_resumes_exactly(tmp_p
     assert again["history"] == whole["history"] and again["test_ppl"] == whole["test_ppl"]
 
 
-def test_ctrl_c_on_the_long_dependency_task_checkpoints_too(tmp_path, monkeypatch):
+def test_ctrl_c_on_the_long_dependency_task_checkpoints_too(tmp_path, monkeypatch, ctrl_c_reaches_python):
     from fpcore.longdep import LongDepConfig, LongDepNet, train_longdep
 
     base = dict(seq_len=16, hidden=4, layers=1, batch=4, embed=4, lr=0.03, progress=False, device="cpu", save=False)
