@@ -122,7 +122,7 @@ def _section(directory: Path) -> str:
     out = [START, "", "### Language models (full profile)", ""]
     for dataset in ("ptb", "wikitext-2", "ptb-char"):
         rows = lm_table(dataset, directory=directory)
-        out += [f"**{dataset}**: " + ("" if rows else "no full-profile run recorded yet."), ""]
+        out += [f"**{dataset}**:" + ("" if rows else " no full-profile run recorded yet."), ""]
         if rows:
             out += [format_table(rows), ""]
             out += [f"- {line}" for line in claims(rows)] + ([""] if claims(rows) else [])
