@@ -11,6 +11,8 @@ Every trainer in fpcore (language models: :mod:`fpcore.train`; the long-dependen
    ``checkpoints/`` at the repository root, which git ignores);
 4. :func:`check_finite` on every loss: a NaN or inf stops the run with one clear line, and the newest
    checkpoint on disk is the last finite state (a checkpoint holding a non-finite tensor is never written);
+   a trainer with a validation perplexity also calls :func:`check_not_diverged` on it, which stops a run
+   whose loss grew but stayed finite;
 5. a :class:`GracefulInterrupt` around the loop: a first Ctrl-C only asks the loop to stop at its next
    safe point, where it checkpoints and raises KeyboardInterrupt (a second Ctrl-C stops at once).
 
@@ -59,6 +61,8 @@ __all__ = [
     "save",
     "load",
     "check_finite",
+    "check_not_diverged",
+    "DIVERGED_FACTOR",
     "GracefulInterrupt",
     "rng_state",
     "set_rng_state",
@@ -324,6 +328,28 @@ def check_finite(value: float, *, what: str, where: str, checkpointer: Checkpoin
     raise TrainingDiverged(
         f"{what} became {value} at {where}: training stopped; {last}. "
         "Lower the learning rate or clip gradients harder, and train again"
+    )
+
+
+# A model whose validation perplexity is more than this many times the vocabulary size (a uniform guess)
+# has diverged: its mean log-loss is more than ln 10 = 2.3 nats above that of knowing nothing. A model at
+# its initialisation (small weights) sits near the uniform guess, and training only lowers it.
+DIVERGED_FACTOR = 10.0
+
+
+def check_not_diverged(
+    perplexity: float, vocab: int, *, where: str, checkpointer: Checkpointer | None = None
+) -> None:
+    """Raise :class:`TrainingDiverged` when a finite ``perplexity`` is more than :data:`DIVERGED_FACTOR`
+    times ``vocab``: a loss that exploded without reaching inf (a tanh RNN under too large a learning rate
+    does this: perplexity 1e10 on 50 characters), which :func:`check_finite` cannot see."""
+    if not perplexity > DIVERGED_FACTOR * vocab:
+        return
+    state = checkpointer.describe() if checkpointer is not None else "this run keeps no checkpoint"
+    raise TrainingDiverged(
+        f"the validation perplexity is {perplexity:.3g} at {where}, more than {DIVERGED_FACTOR:g} times that of "
+        f"a uniform guess over the {vocab:,} tokens: training diverged and stopped; {state} may hold the "
+        "diverged model (delete it to start again). Lower the learning rate or clip gradients harder"
     )
 
 

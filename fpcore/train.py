@@ -25,7 +25,8 @@ defines the run, a :class:`fpcore.checkpoint.Checkpointer` holds its resumable s
   disk), the error says so in one line and the finished state stays in the checkpoint: the same call again
   writes the record without training.
 - Divergence: a NaN or inf loss or gradient stops training before the step is applied, with a message
-  naming the window and the checkpoint holding the last finite state.
+  naming the window and the checkpoint holding the last finite state; a finite loss that exploded stops the
+  run at the end of the epoch (validation perplexity above ten times the vocabulary size).
 - Ctrl-C: the run checkpoints at the end of the window it is in and stops, saying where to resume from.
 
 Data parallel: under ``torchrun``, or ``python -m fpcore train --nproc-per-node N`` (which returns exit 3 for
@@ -617,6 +618,7 @@ class _Run:
             valid = evaluate(self.model, self.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt)
             where = f"the end of epoch {p.epoch}"
             _ckpt.check_finite(valid, what="the validation perplexity", where=where, checkpointer=self.ckpt)
+            _ckpt.check_not_diverged(valid, self.model.vocab, where=where, checkpointer=self.ckpt)
             entry["valid_ppl"] = valid
         p.history.append(entry)
         p.epoch, p.window, p.state, p.nll_sum, p.nll_count = p.epoch + 1, 0, None, 0.0, 0

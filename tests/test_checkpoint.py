@@ -199,6 +199,17 @@ def test_check_finite_names_the_place_and_the_last_checkpoint(tmp_path):
         checkpoint.check_finite(float("nan"), what="loss", where="step 3", checkpointer=ck)
 
 
+def test_a_finite_perplexity_far_above_a_uniform_guess_is_divergence(tmp_path):
+    ck = Checkpointer(tmp_path / "ck.pt", IDENTITY)
+    for healthy in (1.0, 50.0, 500.0):  # up to ten times a uniform guess over 50 tokens: not stopped
+        checkpoint.check_not_diverged(healthy, 50, where="the end of epoch 1", checkpointer=ck)
+    for exploded in (500.001, 2.0e10):
+        with pytest.raises(
+            TrainingDiverged, match=r"perplexity is .* at the end of epoch 1, more than 10 times .* 50 "
+        ):
+            checkpoint.check_not_diverged(exploded, 50, where="the end of epoch 1", checkpointer=ck)
+
+
 def test_checkpoint_dir_is_one_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("FPCORE_CHECKPOINT_DIR", str(tmp_path))
     assert checkpoint.checkpoint_path("run_1") == tmp_path / "run_1.pt"

@@ -281,6 +281,15 @@ def test_a_learning_rate_that_blows_up_is_one_line_not_an_overflow(toy, capsys):
     assert "Lower the learning rate" in err
 
 
+def test_a_loss_that_explodes_but_stays_finite_stops_at_the_end_of_the_epoch(tmp_path):
+    corpus = toy_corpus()  # 10 tokens: a uniform guess has perplexity 10
+    cfg = _cfg(cell="rnn", lr=3.0, epochs=3, checkpoint=str(tmp_path / "ck.pt"))  # a tanh RNN at too large an lr
+    with pytest.raises(TrainingDiverged, match=r"perplexity is .* at the end of epoch 1, more than 10 times .*ck.pt"):
+        fit(build_model(cfg, 10), corpus, cfg)
+    healthy = fit(build_model(_cfg(cell="rnn"), 10), corpus, _cfg(cell="rnn"))
+    assert healthy["valid_ppl"] < 10  # the same model at lr 0.3 learns and is not stopped
+
+
 # -- fault injection: kill anywhere, resume, end bit-identical ---------------------------------------------------
 def _arm(rng: random.Random, rate: float, log) -> None:
     """In a forked child: die (os._exit, like SIGKILL: no clean-up runs) at random training steps and inside
