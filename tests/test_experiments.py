@@ -138,6 +138,11 @@ def test_the_grid_has_one_schedule_named_into_every_run_cheap_runs_first():
     assert steps[0] == grid[0] and steps[1] == f"mismatch:{names[0]}" and steps[2:] == grid[1:]
     stab = experiments.stability_grid("wikitext-2")
     assert [(c.cell, c.stable) for c in stab] == [("lstm", False), ("lstm", True), ("rnn", False), ("rnn", True)]
+    # one schedule per pair: the LSTMs the grid's, the tanh RNNs the same at lr 0.1 (named so, without a dot)
+    assert [c.lr for c in stab] == [1.0, 1.0, 0.1, 0.1]
+    assert {(c.epochs, c.decay_after, c.lr_decay) for c in stab} == {(4, 3, 2.0)}
+    assert stab[2].record_name == "lm_wikitext2_small_e4d3lr0p1_rnn_bptt_" + stab[2].record_name.rsplit("_", 1)[1]
+    assert stab[0].record_name == "lm_wikitext2_small_e4d3_lstm_bptt_" + stab[0].record_name.rsplit("_", 1)[1]
     assert stab[0].record_name == experiments.lm_grid("wikitext-2")[0].record_name, "shared with the lm grid"
     with pytest.raises(ValueError, match="grid must be"):
         experiments.plan("ptb", "other")
