@@ -337,19 +337,20 @@ def check_finite(value: float, *, what: str, where: str, checkpointer: Checkpoin
 DIVERGED_FACTOR = 10.0
 
 
-def check_not_diverged(
-    perplexity: float, vocab: int, *, where: str, checkpointer: Checkpointer | None = None
-) -> None:
+def check_not_diverged(perplexity: float, vocab: int, *, where: str, checkpointer: Checkpointer | None = None) -> None:
     """Raise :class:`TrainingDiverged` when a finite ``perplexity`` is more than :data:`DIVERGED_FACTOR`
     times ``vocab``: a loss that exploded without reaching inf (a tanh RNN under too large a learning rate
     does this: perplexity 1e10 on 50 characters), which :func:`check_finite` cannot see."""
     if not perplexity > DIVERGED_FACTOR * vocab:
         return
-    state = checkpointer.describe() if checkpointer is not None else "this run keeps no checkpoint"
+    if checkpointer is not None and checkpointer.path is not None and checkpointer.path.exists():
+        state = f"{checkpointer.describe()} may hold the diverged model (delete it to start again)"
+    else:
+        state = checkpointer.describe() if checkpointer is not None else "this run keeps no checkpoint"
     raise TrainingDiverged(
         f"the validation perplexity is {perplexity:.3g} at {where}, more than {DIVERGED_FACTOR:g} times that of "
-        f"a uniform guess over the {vocab:,} tokens: training diverged and stopped; {state} may hold the "
-        "diverged model (delete it to start again). Lower the learning rate or clip gradients harder"
+        f"a uniform guess over the {vocab:,} tokens: training diverged and stopped; {state}. "
+        "Lower the learning rate or clip gradients harder, and train again"
     )
 
 
