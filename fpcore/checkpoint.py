@@ -321,13 +321,18 @@ def check_finite(value: float, *, what: str, where: str, checkpointer: Checkpoin
     """
     if value == value and abs(value) != float("inf"):
         return
+    raise _diverged(f"{what} became {value} at {where}", checkpointer, saved="the last finite state is in {}")
+
+
+def _diverged(what: str, checkpointer: Checkpointer | None, *, saved: str) -> TrainingDiverged:
+    """The error of a diverged run: ``what`` happened, where the newest checkpoint is (``saved`` phrases one
+    that exists, ``{}`` standing for it), and what to try."""
     if checkpointer is not None and checkpointer.path is not None and checkpointer.path.exists():
-        last = f"the last finite state is in {checkpointer.describe()}"
+        state = saved.format(checkpointer.describe())
     else:
-        last = checkpointer.describe() if checkpointer is not None else "this run keeps no checkpoint"
-    raise TrainingDiverged(
-        f"{what} became {value} at {where}: training stopped; {last}. "
-        "Lower the learning rate or clip gradients harder, and train again"
+        state = checkpointer.describe() if checkpointer is not None else "this run keeps no checkpoint"
+    return TrainingDiverged(
+        f"{what}: training stopped; {state}. Lower the learning rate or clip gradients harder, and train again"
     )
 
 
@@ -343,14 +348,11 @@ def check_not_diverged(perplexity: float, vocab: int, *, where: str, checkpointe
     does this: perplexity 1e10 on 50 characters), which :func:`check_finite` cannot see."""
     if not perplexity > DIVERGED_FACTOR * vocab:
         return
-    if checkpointer is not None and checkpointer.path is not None and checkpointer.path.exists():
-        state = f"{checkpointer.describe()} may hold the diverged model (delete it to start again)"
-    else:
-        state = checkpointer.describe() if checkpointer is not None else "this run keeps no checkpoint"
-    raise TrainingDiverged(
-        f"the validation perplexity is {perplexity:.3g} at {where}, more than {DIVERGED_FACTOR:g} times that of "
-        f"a uniform guess over the {vocab:,} tokens: training diverged and stopped; {state}. "
-        "Lower the learning rate or clip gradients harder, and train again"
+    raise _diverged(
+        f"the validation perplexity is {perplexity:.3g} at {where}, more than {DIVERGED_FACTOR:g} times that of a "
+        f"uniform guess over the {vocab:,} tokens (the loss exploded)",
+        checkpointer,
+        saved="{} may hold the diverged model (delete it to start again)",
     )
 
 
