@@ -259,3 +259,18 @@ def test_the_command_line_lists_the_plan_and_rejects_bad_arguments(tmp_path, mon
         with pytest.raises(SystemExit) as exit_:
             experiments.main(bad)
         assert exit_.value.code == 2
+
+
+def test_the_tanh_rnn_pair_trains_at_its_learning_rate_and_diverges_at_the_lstms():
+    # why SHORT_RNN exists: on PTB-char the unprojected tanh RNN at the LSTMs' lr 1 explodes within 100,000
+    # characters (validation perplexity ~5e6 on 50 characters), while at SHORT_RNN's lr it learns (~10)
+    from fpcore.checkpoint import TrainingDiverged
+    from fpcore.data import load_corpus
+
+    chars = load_corpus("ptb-char")
+    run = dict(cell="rnn", epochs=1, max_train_tokens=100_000, max_eval_tokens=20_000, progress=False, device="cpu")
+    slow = experiments.TrainConfig.preset("small", dataset="ptb-char", lr=experiments.SHORT_RNN["lr"], **run)
+    assert fit(build_model(slow, len(chars.vocab)), chars, slow)["valid_ppl"] < 15
+    fast = experiments.TrainConfig.preset("small", dataset="ptb-char", lr=1.0, **run)
+    with pytest.raises(TrainingDiverged, match="more than 10 times that of a uniform guess"):
+        fit(build_model(fast, len(chars.vocab)), chars, fast)
