@@ -9,6 +9,7 @@ r"""The language-model experiments of notebooks 06 and 07: the grids, resumable 
 or, from a shell, the whole plan of a corpus in priority order, resumable (exit 3 when a budget runs out):
 
     python -m fpcore.experiments ptb --max-minutes 60
+    python -m fpcore.experiments wikitext-2 --jobs 8 --max-minutes 9     # eight runs at once, on a GPU
 
 **One schedule per comparison.** Every method of a corpus is trained with the same schedule, and the tables
 compare runs of one schedule only. :data:`SHORT` (4 epochs, lr 1 for 3 epochs then halved) is the schedule of
@@ -53,6 +54,8 @@ __all__ = [
     "plan",
     "run_grid",
     "run_plan",
+    "run_parallel",
+    "step_name",
     "mismatch",
     "lm_table",
     "mismatches",
@@ -236,7 +239,7 @@ def run_plan(steps: list[TrainConfig | str], corpus, *, max_seconds: float | Non
             log(f"{step.record_name}: paused at epoch {record['epoch']}, window {record['window']}")
             return False
         log(f"{step.record_name}: valid {record['valid_ppl']:.2f}, test {record['test_ppl']:.2f}")
-    return True
+    return all(_step_done(s) for s in steps)
 
 
 def with_method(model: RNNLM, method: str, iters: int | None = None) -> RNNLM:
@@ -696,9 +699,143 @@ def report(dataset: str, *, directory: Path | None = None, show: bool = True) ->
     return out
 
 
+# -- several runs at once ------------------------------------------------------------------------------------
+CHILD_GRACE_SECONDS = 20.0  # a child's start-up (torch, the corpus) and record writing beyond its own budget
+MIN_CHILD_SECONDS = 30.0  # no step starts with less than this left
+
+
+def step_name(step: TrainConfig | str) -> str:
+    """A step's name in :func:`plan` (``--list`` and ``--only``): the run's record name, or ``mismatch:<run>``."""
+    return step if isinstance(step, str) else str(step.record_name)  # every step of a plan is named
+
+
+def _ready(step: TrainConfig | str) -> bool:
+    """A training run can always start; an evaluation once its model's record is there."""
+    return not isinstance(step, str) or bool(_results.find(f"{step.split(':', 1)[1]}.json"))
+
+
+def _progress(log: Path) -> str:
+    """The last progress bar a child printed (``epoch 2/4: 13%``), or ``""``."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 4096))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    bars = [seg.split("|")[0].strip() for seg in tail.replace("\r", "\n").splitlines() if "%|" in seg]
+    return bars[-1] if bars else ""
+
+
+def _outcome(step: TrainConfig | str) -> str:
+    if isinstance(step, str):
+        return "evaluated"
+    record = find_record(step)
+    return f"valid {record['valid_ppl']:.2f}, test {record['test_ppl']:.2f}" if record else "finished"
+
+
+def run_parallel(
+    steps: list[TrainConfig | str],
+    command: list[str],
+    *,
+    jobs: int,
+    max_seconds: float | None = None,
+    log=print,
+    poll: float = 0.5,
+    heartbeat: float = 60.0,
+) -> int:
+    """Run the steps of :func:`plan` not done yet, up to ``jobs`` at once, each in its own process
+    (``[*command, "--only", name, "--max-minutes", m]``: this module's command line), within ``max_seconds``.
+
+    Several small language models share one GPU far better than they take turns on it: each is bound by the
+    launch of its many small kernels, not by the GPU's arithmetic. An evaluation step starts once its model is
+    trained. Each child checkpoints and pauses itself when its share of the budget runs out (``--max-minutes``),
+    so nothing is lost; a Ctrl-C reaches the children too and each checkpoints at its next window. The output
+    of each child goes to ``<checkpoint folder>/<step>.log``; every ``heartbeat`` seconds one line says where
+    each running step is. Returns 0 when every step is done, 3 when some are left for another sitting, 1 when
+    one failed (its log says why; the others go on).
+    """
+    import os
+    import subprocess
+
+    from fpcore.checkpoint import checkpoint_dir
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    folder = checkpoint_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    from fpcore.files import REPO_ROOT
+
+    # this checkout first on the children's path: they run this fpcore, installed or not
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+    env.setdefault("FPCORE_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))  # the cores, shared out
+    env.setdefault("TQDM_MININTERVAL", "5")  # a progress line every few seconds in each log, enough to read
+    todo = [s for s in steps if not _step_done(s)]
+    running: dict[str, tuple[subprocess.Popen, Any, TrainConfig | str]] = {}
+    failed: list[str] = []
+    started = last_beat = time.monotonic()
+
+    def logfile(name: str) -> Path:
+        return folder / f"{name.replace(':', '_')}.log"
+
+    def reap() -> None:
+        for name, (proc, fh, step) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            fh.close()
+            del running[name]
+            if proc.returncode == 0:
+                log(f"{name}: {_outcome(step)}")
+            elif proc.returncode == 3:
+                log(f"{name}: paused (checkpointed; run the same command again to resume)")
+            else:
+                failed.append(name)
+                log(f"{name}: failed (exit {proc.returncode}); its output is in {logfile(name)}")
+
+    try:
+        while True:
+            reap()
+            left = None if max_seconds is None else max_seconds - (time.monotonic() - started)
+            while len(running) < jobs and (left is None or left > MIN_CHILD_SECONDS):
+                step = next((s for s in todo if _ready(s)), None)
+                if step is None:
+                    break
+                todo.remove(step)
+                name = step_name(step)
+                argv = [*command, "--only", name]
+                if left is not None:
+                    argv += ["--max-minutes", f"{max(left - CHILD_GRACE_SECONDS, 1.0) / 60:.3f}"]
+                fh = open(logfile(name), "a")
+                fh.write(f"$ {' '.join(argv)}\n")
+                fh.flush()
+                proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                running[name] = (proc, fh, step)
+                log(f"{name}: started ({len(running)} running)")
+            if not running:
+                break  # all done, out of time, or the rest waits on a model that failed or paused
+            if time.monotonic() - last_beat >= heartbeat:
+                last_beat = time.monotonic()
+                minutes = (last_beat - started) / 60
+                log(f"[{minutes:.0f} min] " + "; ".join(f"{n} {_progress(logfile(n))}".strip() for n in running))
+            time.sleep(poll)
+    except KeyboardInterrupt:  # Ctrl-C reached the children too: each checkpoints at its next window
+        for proc, fh, _ in running.values():
+            try:
+                proc.wait(timeout=120)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+            fh.close()
+        raise KeyboardInterrupt("each running step checkpointed: run the same command again to resume") from None
+    if failed:
+        return 1
+    return 0 if all(_step_done(s) for s in steps) else 3
+
+
 # -- python -m fpcore.experiments ---------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run (or resume) the full experiments of one corpus in priority order; exit 3 when the budget runs out."""
+    from fpcore import cli
+
     p = argparse.ArgumentParser(
         prog="python -m fpcore.experiments",
         description="Run the language-model experiments of one corpus (resumable: run the same command again).",
@@ -706,6 +843,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset", choices=("ptb", "ptb-char", "wikitext-2"))
     p.add_argument("--grid", choices=("lm", "stability"), default="lm", help="paper A's k grid or paper B's")
     p.add_argument("--ks", default=",".join(map(str, KS)), help="the k of the lm grid, comma-separated")
+    p.add_argument("--preset", choices=("small", "medium", "tiny"), default="small", help="model size (default small)")
+    p.add_argument(
+        "--schedule",
+        choices=("short", "preset"),
+        default="short",
+        help="short (default): SHORT, the CPU grid's 4 epochs, for every run; preset: the preset's own "
+        "(Zaremba's 13 epochs for small, 39 for medium); paper B's tanh RNNs at lr 0.1 either way",
+    )
+    p.add_argument(
+        "--max-train-tokens",
+        type=cli.positive(int),
+        default=None,
+        help="train every run on the first N tokens only (a trial of the plan; named into each run)",
+    )
+    p.add_argument("--jobs", type=cli.positive(int), default=1, help="steps run at once, each in its own process")
+    p.add_argument("--only", default=None, help="run this one step of the plan (a name from --list)")
     p.add_argument("--max-minutes", type=float, default=None, help="pause (exit 3) after this long")
     p.add_argument("--list", action="store_true", help="print the plan and what is done, run nothing")
     args = p.parse_args(argv)
@@ -717,30 +870,69 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--ks must be positive integers separated by commas, got {args.ks!r}")
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
         p.error(f"--max-minutes must be a positive number, got {args.max_minutes}")
-    from fpcore import cli
-
+    if args.only is not None and args.jobs > 1:
+        p.error("--only runs one step: it takes no --jobs")
+    steps = _cli_plan(args, ks)
+    if args.only is not None:
+        names = [step_name(s) for s in steps]
+        if args.only not in names:
+            p.error(f"--only {args.only!r} is not a step of this plan; --list shows them")
+        steps = [steps[names.index(args.only)]]
     cli.check_environment(p)  # a bad FPCORE_DEVICE or FPCORE_PROFILE: one line, exit 2
-    return cli.run_command(p.prog, lambda: _run_main(args, ks))
+    return cli.run_command(p.prog, lambda: _run_main(args, steps, argv))
 
 
-def _run_main(args: argparse.Namespace, ks: tuple[int, ...]) -> int:
+def _cli_plan(args: argparse.Namespace, ks: tuple[int, ...]) -> list[TrainConfig | str]:
+    """The plan the command line asks for: its grid, preset and schedule."""
+    if args.schedule == "short":
+        schedule, rnn_schedule = SHORT, SHORT_RNN
+    else:
+        schedule, rnn_schedule = {}, dict(lr=SHORT_RNN["lr"])
+    trial = {} if args.max_train_tokens is None else dict(max_train_tokens=args.max_train_tokens)
+    if args.grid == "stability":
+        return plan(args.dataset, "stability", args.preset, schedule=schedule, rnn_schedule=rnn_schedule, **trial)
+    return plan(args.dataset, "lm", args.preset, ks=ks, schedule=schedule, **trial)
+
+
+def _run_main(args: argparse.Namespace, steps: list[TrainConfig | str], argv: list[str] | None) -> int:
     from fpcore import config
 
     if config.profile() != "full":
         print("note: FPCORE_PROFILE is not 'full': these runs are named and recorded as quick-profile runs")
-    steps = plan(args.dataset, args.grid, ks=ks) if args.grid == "lm" else plan(args.dataset, args.grid)
     if args.list:
         for s in steps:
-            name = s if isinstance(s, str) else s.record_name
-            print(f"{'done ' if _step_done(s) else 'to do'}  {name}")
+            print(f"{'done ' if _step_done(s) else 'to do'}  {step_name(s)}")
         return 0
+    budget = None if args.max_minutes is None else 60 * args.max_minutes
+    if args.jobs > 1:
+        given = sys.argv[1:] if argv is None else list(argv)
+        keep = _without(given, ("--jobs", "--max-minutes", "--only"))
+        code = run_parallel(
+            steps, [sys.executable, "-m", "fpcore.experiments", *keep], jobs=args.jobs, max_seconds=budget
+        )
+        print({0: "all done", 3: "paused: run the same command again to resume"}.get(code, "a step failed"))
+        return code
+    if args.only is not None and not _ready(steps[0]):
+        raise ValueError(f"{args.only} evaluates a model that is not trained yet: train it first")
     from fpcore.data import load_corpus
 
     corpus = load_corpus(args.dataset)
-    budget = None if args.max_minutes is None else 60 * args.max_minutes
     done = run_plan(steps, corpus, max_seconds=budget, log=lambda s: print(s, flush=True))
     print("all done" if done else "paused: run the same command again to resume")
     return 0 if done else 3
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` less each of ``options`` and its value (``--jobs 4`` or ``--jobs=4``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in options)):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

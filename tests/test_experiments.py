@@ -274,3 +274,51 @@ def test_the_tanh_rnn_pair_trains_at_its_learning_rate_and_diverges_at_the_lstms
     fast = experiments.TrainConfig.preset("small", dataset="ptb-char", lr=1.0, **run)
     with pytest.raises(TrainingDiverged, match="more than 10 times that of a uniform guess"):
         fit(build_model(fast, len(chars.vocab)), chars, fast)
+
+
+def test_several_steps_run_at_once_each_in_its_own_process(tmp_path, monkeypatch, capsys):
+    """``--jobs 2`` on a trial of paper B's grid (tiny models, 2,000 training tokens): a step that cannot run
+    fails alone, a second sitting runs only what is left, and a child's record is the one this process gives."""
+    import dataclasses
+
+    from fpcore.data import load_corpus
+
+    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("FPCORE_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    trial = ["ptb", "--grid", "stability", "--preset", "tiny", "--schedule", "preset", "--max-train-tokens", "2000"]
+    steps = experiments.plan(
+        "ptb",
+        "stability",
+        "tiny",
+        schedule={},
+        rnn_schedule=dict(lr=experiments.SHORT_RNN["lr"]),
+        max_train_tokens=2000,
+    )
+    names = [experiments.step_name(s) for s in steps]
+    assert len(names) == 4
+    # too little time to start anything: nothing runs, the plan is left for another sitting
+    assert experiments.main([*trial, "--jobs", "2", "--max-minutes", "0.1"]) == 3
+    assert not (tmp_path / "results").exists()
+    # one step's checkpoint is not a checkpoint: that step fails, the other three finish beside it
+    (tmp_path / "ck" / f"{names[1]}.pt").write_bytes(b"not a checkpoint")
+    assert experiments.main([*trial, "--jobs", "2"]) == 1
+    out = capsys.readouterr().out
+    assert f"{names[1]}: failed (exit 1)" in out and "a step failed" in out
+    assert "error" in (tmp_path / "ck" / f"{names[1]}.log").read_text()
+    assert [(tmp_path / "results" / f"{n}.json").exists() for n in names] == [True, False, True, True]
+    # mended, the next sitting runs only the step that is left
+    (tmp_path / "ck" / f"{names[1]}.pt").unlink()
+    assert experiments.main([*trial, "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if line.endswith("started (1 running)")] == [names[1]]
+    assert out.strip().endswith("all done")
+    # what a child recorded is what the same configuration gives when trained here
+    corpus = load_corpus("ptb")
+    here = dataclasses.replace(steps[1], record_name="here", checkpoint=str(tmp_path / "here.pt"))
+    mine = fit(build_model(here, corpus.vocab_size), corpus, here)
+    theirs = experiments.find_record(steps[1])
+    assert theirs is not None and theirs["test_ppl"] == pytest.approx(mine["test_ppl"], rel=1e-5)
+    for bad in ([*trial, "--only", "nothing"], [*trial, "--only", names[0], "--jobs", "2"]):
+        with pytest.raises(SystemExit) as exit_:
+            experiments.main(bad)
+        assert exit_.value.code == 2
