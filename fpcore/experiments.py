@@ -746,13 +746,13 @@ def run_parallel(
     """Run the steps of :func:`plan` not done yet, up to ``jobs`` at once, each in its own process
     (``[*command, "--only", name, "--max-minutes", m]``: this module's command line), within ``max_seconds``.
 
-    Several small language models share one GPU far better than they take turns on it: each is bound by the
-    launch of its many small kernels, not by the GPU's arithmetic. An evaluation step starts once its model is
-    trained. Each child checkpoints and pauses itself when its share of the budget runs out (``--max-minutes``),
-    so nothing is lost; a Ctrl-C reaches the children too and each checkpoints at its next window. The output
-    of each child goes to ``<checkpoint folder>/<step>.log``; every ``heartbeat`` seconds one line says where
-    each running step is. Returns 0 when every step is done, 3 when some are left for another sitting, 1 when
-    one failed (its log says why; the others go on).
+    A small language model is bound by the launch of its many small kernels rather than by the GPU's arithmetic, so
+    several can share one GPU (how much sooner a grid ends so is not timed yet). An evaluation step starts once its
+    model is trained. Each child checkpoints and pauses itself when its share of the budget runs out
+    (``--max-minutes``), so nothing is lost; a Ctrl-C reaches the children too and each checkpoints at its next
+    window. The output of each child goes to ``<checkpoint folder>/<step>.log``; every ``heartbeat`` seconds one
+    line says where each running step is. Returns 0 when every step is done, 3 when some are left for another
+    sitting, 1 when one failed (its log says why; the others go on).
     """
     import os
     import subprocess
