@@ -758,13 +758,12 @@ def run_parallel(
     import subprocess
 
     from fpcore.checkpoint import checkpoint_dir
+    from fpcore.files import REPO_ROOT
 
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     folder = checkpoint_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    from fpcore.files import REPO_ROOT
-
     # this checkout first on the children's path: they run this fpcore, installed or not
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
@@ -839,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m fpcore.experiments",
         description="Run the language-model experiments of one corpus (resumable: run the same command again).",
+        allow_abbrev=False,  # the children's command line is this one less --jobs, --max-minutes and --only
     )
     p.add_argument("dataset", choices=("ptb", "ptb-char", "wikitext-2"))
     p.add_argument("--grid", choices=("lm", "stability"), default="lm", help="paper A's k grid or paper B's")

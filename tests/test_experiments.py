@@ -255,7 +255,14 @@ def test_the_command_line_lists_the_plan_and_rejects_bad_arguments(tmp_path, mon
     # the BPTT model first, then its evaluation as every jacobi-k / truncated-k, then the other runs in order
     assert listed[:2] == [trained[0], f"mismatch:{trained[0]}"]
     assert [n for n in listed if not n.startswith("mismatch:")] == trained
-    for bad in (["ptb", "--ks", "0"], ["ptb", "--ks", "a"], ["ptb", "--max-minutes", "nan"], ["imdb"]):
+    bad_lines = (
+        ["ptb", "--ks", "0"],
+        ["ptb", "--ks", "a"],
+        ["ptb", "--max-minutes", "nan"],
+        ["imdb"],
+        ["ptb", "--job", "2"],
+    )
+    for bad in bad_lines:
         with pytest.raises(SystemExit) as exit_:
             experiments.main(bad)
         assert exit_.value.code == 2
