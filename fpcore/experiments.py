@@ -69,6 +69,7 @@ __all__ = [
     "analyse_run",
     "analyses",
     "claims",
+    "stable_pairs",
     "format_analyses",
     "report",
     "main",
@@ -616,19 +617,32 @@ def claims(rows: list[dict], *, jacobi_within: float = 0.03, stable_within: floa
                     f"{where}: paper A: {method}-k within +{jacobi_within:.0%} of BPTT ({base['test_ppl']:.1f}): "
                     f"{verdict} (k tried: {sorted(got)})"
                 )
-        for cell in ("lstm", "rnn"):
-            un = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and not r["stable"]), None)
-            st = next((r for r in rs if r["method"] == "bptt" and r["cell"] == cell and r["stable"]), None)
-            if un and st:
-                key, unit, f = (
-                    ("test_bpc", "bpc", ".3f") if "test_bpc" in un and "test_bpc" in st else ("test_ppl", "ppl", ".2f")
-                )
-                d = st[key] / un[key] - 1
-                lines.append(
-                    f"{where}: paper B: stable {cell} {st[key]:{f}} vs unstable {un[key]:{f}} test {unit} "
-                    f"({d:+.1%}; within {stable_within:.0%}: {'yes' if abs(d) <= stable_within else 'no'})"
-                )
+        for pair in stable_pairs(rs):
+            f, d = (".3f" if pair["unit"] == "bpc" else ".2f"), pair["gap"]
+            verdict = "yes" if abs(d) <= stable_within else "no"
+            lines.append(
+                f"{where}: paper B: stable {pair['cell']} {pair['stable']:{f}} vs unstable {pair['unstable']:{f}} "
+                f"test {pair['unit']} ({d:+.1%}; within {stable_within:.0%}: {verdict})"
+            )
     return lines
+
+
+def stable_pairs(rows: list[dict]) -> list[dict]:
+    """Paper B's pairs among recorded runs: each stable (projected) BPTT model beside its unprojected twin of the
+    same config, schedule and cell, LSTMs first. ``gap``: the stable model's relative excess in test perplexity,
+    or in bits per character where both have them (``unit``: "ppl" or "bpc")."""
+    pairs = []
+    for st in (r for r in rows if r["method"] == "bptt" and r["stable"]):
+        twin = (r for r in rows if r["method"] == "bptt" and not r["stable"])
+        un = next((r for r in twin if all(r.get(f) == st.get(f) for f in ("config", "schedule", "cell"))), None)
+        if un is None:
+            continue
+        key, unit = ("test_bpc", "bpc") if "test_bpc" in un and "test_bpc" in st else ("test_ppl", "ppl")
+        pairs.append(
+            dict(config=st["config"], schedule=st.get("schedule", ""), cell=st["cell"], unit=unit)
+            | dict(stable=st[key], unstable=un[key], gap=st[key] / un[key] - 1)
+        )
+    return sorted(pairs, key=lambda p: (p["cell"] != "lstm", p["cell"]))
 
 
 def format_analyses(records: list[dict]) -> str:

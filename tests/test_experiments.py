@@ -212,6 +212,13 @@ def test_claims_say_none_with_the_gap_and_use_bits_per_character():
     )
     char = [_row(test_bpc=1.40), _row(stable=True, test_bpc=1.46)]
     assert experiments.claims(char)[0].endswith("stable lstm 1.460 vs unstable 1.400 test bpc (+4.3%; within 5%: yes)")
+    lone_rnn = dict(_row(stable=True, test_bpc=1.5), cell="rnn")  # no unprojected twin: no pair
+    (pair,) = experiments.stable_pairs([*char, lone_rnn])
+    assert pair["unit"] == "bpc" and pair["gap"] == pytest.approx(1.46 / 1.40 - 1)
+    other = dict(_row(stable=True, test_ppl=90.0), schedule="13 ep")  # another schedule's stable model is no twin
+    assert [p["gap"] for p in experiments.stable_pairs([_row(), other, _row(stable=True, test_ppl=110.0)])] == [
+        pytest.approx(0.1)
+    ]
 
 
 def test_lm_table_labels_the_old_carried_state_records_and_their_schedule(tmp_path):
