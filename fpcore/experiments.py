@@ -693,7 +693,8 @@ def report(dataset: str, *, directory: Path | None = None, show: bool = True) ->
         display(Markdown(f"No full-profile **{dataset}** run is recorded in results/ yet."))
         return out
     for schedule, rs in groups.items():
-        display(Markdown(f"**{dataset}, schedule {schedule}** ({len(rs)} runs)\n\n" + format_table(rs)))
+        runs = "1 run" if len(rs) == 1 else f"{len(rs)} runs"
+        display(Markdown(f"**{dataset}, schedule {schedule}** ({runs})\n\n" + format_table(rs)))
     if lines:
         display(Markdown("\n".join(f"- {line}" for line in lines)))
     if found:
