@@ -42,6 +42,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
+    "CheckpointBusy",
     "TrainingDiverged",
     "Checkpointer",
+    "RunLock",
     "checkpoint_dir",
     "checkpoint_path",
     "save",
@@ -77,6 +80,10 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be resumed from; the message names the file, the fault and what to do."""
 
 
+class CheckpointBusy(CheckpointError):
+    """Another process is training the run of this checkpoint now (:class:`RunLock`)."""
+
+
 class TrainingDiverged(FloatingPointError):
     """A loss or a weight became NaN or inf; the message names where and the last finite checkpoint."""
 
@@ -92,6 +99,80 @@ def checkpoint_path(name: str) -> Path:
     from fpcore.results import check_name
 
     return checkpoint_dir() / f"{check_name(name)}.pt"
+
+
+class RunLock:
+    """One process at a time trains the run whose checkpoint is ``path``: it holds ``<path>.lock`` meanwhile.
+
+    Two processes resuming one checkpoint would each train from it and overwrite the other's progress (two
+    terminals running one plan, say). ``with RunLock(path):`` around the training raises
+    :class:`CheckpointBusy` when another process holds the lock, naming it; ``acquire()`` says the same with a
+    bool. The lock is the operating system's (``flock``), so it goes with its process however that ends, a
+    crash or SIGKILL included: a stale lock file never blocks a run. ``path`` None, or a system without
+    ``fcntl`` (Windows): no lock is taken.
+    """
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.run = None if path is None else Path(path)
+        self.path = None if path is None else Path(f"{path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return True
+        if self.run is None or self.path is None or self._fd is not None:
+            return True
+        ensure_dir(self.path.parent, what=f"the folder of {self.run.name}:")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else its holder removed it between our open and lock: take the new file
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {os.uname().nodename} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        assert self.path is not None
+        self.path.unlink(missing_ok=True)  # while still held, so that no one waits on a file that is gone
+        os.close(self._fd)
+        self._fd = None
+
+    def busy(self) -> CheckpointBusy:
+        """The error for a lock another process holds: who holds it, since when, and what to do."""
+        assert self.path is not None and self.run is not None
+        try:
+            pid, host, since = (self.path.read_text().split() + ["?", "?", "?"])[:3]
+            holder = f"process {pid} on {host} has trained it since {since}"
+        except OSError:
+            holder = "another process is training it"
+        return CheckpointBusy(
+            f"{self.run} is in use: {holder}. Two processes on one run would each overwrite the other's progress: "
+            "wait for that one to finish (its record then counts as done), or stop it and run this again"
+        )
+
+    def __enter__(self) -> RunLock:
+        if not self.acquire():
+            raise self.busy()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 # -- the checksum: sha256 over every value, in a fixed order ------------------------------------------------------

@@ -215,8 +215,12 @@ def run_plan(steps: list[TrainConfig | str], corpus, *, max_seconds: float | Non
     """Run the steps of :func:`plan` not done yet, in order, within ``max_seconds`` (None: no limit).
 
     Returns True when every step is done. A training run the budget runs out in is checkpointed and paused;
-    calling again resumes it. An evaluation step runs when its trained model is there (else it waits).
+    calling again resumes it. An evaluation step runs when its trained model is there (else it waits). A run
+    another process is training now (two terminals on one plan, say) is left to it: the plan goes on with the
+    next step and, after them, returns False.
     """
+    from fpcore.checkpoint import CheckpointBusy
+
     started = time.perf_counter()
     for step in steps:
         left = None if max_seconds is None else max_seconds - (time.perf_counter() - started)
@@ -235,7 +239,11 @@ def run_plan(steps: list[TrainConfig | str], corpus, *, max_seconds: float | Non
         if left is not None and left <= 0:
             return False
         log(f"{step.record_name}: training ({step.epochs} epochs)")
-        record = run_grid([step], corpus, max_seconds=left)[-1]
+        try:
+            record = run_grid([step], corpus, max_seconds=left)[-1]
+        except CheckpointBusy as busy:
+            log(f"{step.record_name}: skipped, left to the process training it ({busy})")
+            continue
         if not record.get("finished", True):
             log(f"{step.record_name}: paused at epoch {record['epoch']}, window {record['window']}")
             return False

@@ -253,21 +253,23 @@ def train_longdep(cfg: LongDepConfig) -> LongDepResult:
     Raises, each with a one-line message: ValueError for a bad config, a record name or folder that cannot be
     written or a record of that name from another configuration (all before training);
     :class:`fpcore.checkpoint.CheckpointError` for a checkpoint that cannot be resumed (damaged, or of a
-    different experiment); :class:`fpcore.checkpoint.TrainingDiverged` for a NaN or inf loss;
+    different experiment), :class:`fpcore.checkpoint.CheckpointBusy` when another process trains from it
+    now; :class:`fpcore.checkpoint.TrainingDiverged` for a NaN or inf loss;
     :class:`fpcore.files.WriteError` when the finished run's record cannot be written (the checkpoint, if
     any, keeps the finished state).
     """
     cfg.validate()
     if cfg.save:  # before training: a bad name or folder costs nothing
         _results.check_target(cfg.run_name(), fingerprint=cfg.fingerprint(), directory=cfg.results_dir)
-    if cfg.threads is None:
-        return _train(cfg)
-    before = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)  # tiny models on a busy CPU: one thread avoids barrier stalls
-    try:
-        return _train(cfg)
-    finally:
-        torch.set_num_threads(before)
+    with _ckpt.RunLock(cfg.checkpoint):  # one process at a time writes a checkpoint
+        if cfg.threads is None:
+            return _train(cfg)
+        before = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)  # tiny models on a busy CPU: one thread avoids barrier stalls
+        try:
+            return _train(cfg)
+        finally:
+            torch.set_num_threads(before)
 
 
 def _train(cfg: LongDepConfig) -> LongDepResult:

@@ -690,7 +690,8 @@ def fit(model: RNNLM, corpus, cfg: TrainConfig, *, max_seconds: float | None = N
     :class:`fpcore.checkpoint.CheckpointError` for a checkpoint that cannot be resumed;
     :class:`fpcore.checkpoint.TrainingDiverged` when the loss becomes NaN or inf; :class:`RecordNotWritten`
     when the finished run's record cannot be written (the checkpoint keeps the finished state);
-    :class:`PeersLost` when another process of a data-parallel run stops answering.
+    :class:`PeersLost` when another process of a data-parallel run stops answering;
+    :class:`fpcore.checkpoint.CheckpointBusy` when another process is training the same checkpoint now.
     """
     if max_seconds is not None and not cfg.checkpoint:
         raise ValueError("max_seconds needs cfg.checkpoint: the run must be resumable")
@@ -722,6 +723,26 @@ def _lost_peers(err: RuntimeError) -> bool:
 
 def _fit(model: RNNLM, corpus, cfg: TrainConfig, max_seconds: float | None, target: Path | None) -> dict[str, Any]:
     rank, world, own_group = _dist_info()
+    lock = _ckpt.RunLock(cfg.checkpoint if rank == 0 else None)  # process 0 writes the checkpoint
+    if not _all(lock.acquire(), world):
+        _end_distributed(world, own_group)
+        raise lock.busy() if rank == 0 else _ckpt.CheckpointBusy(f"{cfg.checkpoint} is in use (process 0 says why)")
+    try:
+        return _fit_locked(model, corpus, cfg, max_seconds, target, rank, world, own_group)
+    finally:
+        lock.release()
+
+
+def _fit_locked(
+    model: RNNLM,
+    corpus,
+    cfg: TrainConfig,
+    max_seconds: float | None,
+    target: Path | None,
+    rank: int,
+    world: int,
+    own_group: bool,
+) -> dict[str, Any]:
     run = _Run(model, corpus, cfg, rank, world)
     if run.resumed and cfg.progress and rank == 0:
         print(f"resuming from {run.ckpt.describe()}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -28,6 +29,43 @@ def _state(scale: float = 1.0) -> dict:
         "history": [{"epoch": 1, "valid_ppl": 12.5}],
         "carried": (torch.ones(2), None),
     }
+
+
+# -- one process at a time on a run ------------------------------------------------------------------------------
+_HOLD = """
+import sys, time
+from fpcore.checkpoint import RunLock
+print("held" if RunLock(sys.argv[1]).acquire() else "busy", flush=True)
+time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def held_elsewhere(checkpoint_file):
+    """Another process holds the run lock of ``checkpoint_file`` (as one training that run would); yields it."""
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(checkpoint_file)], stdout=subprocess.PIPE)
+    try:
+        assert _read_until(child.stdout, "held\n") == "held\n"
+        yield child
+    finally:
+        child.kill()  # SIGKILL: nothing of the holder runs on the way out
+        child.wait()
+        child.stdout.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only")
+def test_one_process_at_a_time_holds_a_run_and_a_killed_holder_blocks_nothing(tmp_path):
+    ck = tmp_path / "run.pt"
+    with held_elsewhere(ck) as holder:
+        assert not checkpoint.RunLock(ck).acquire()
+        with pytest.raises(checkpoint.CheckpointBusy, match=rf"run\.pt is in use: process {holder.pid} on \S+ has"):
+            with checkpoint.RunLock(ck):
+                pass
+    assert (tmp_path / "run.pt.lock").exists(), "the killed holder left its file behind..."
+    with checkpoint.RunLock(ck):  # ... which blocks nothing: the lock went with its process
+        assert not checkpoint.RunLock(ck).acquire(), "a second holder in the same process is refused too"
+    assert not (tmp_path / "run.pt.lock").exists(), "a released lock leaves no file"
+    assert checkpoint.RunLock(None).acquire(), "no checkpoint, nothing to hold"
 
 
 # -- atomic writes ---------------------------------------------------------------------------------------------

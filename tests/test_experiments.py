@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fpcore import experiments
@@ -188,6 +190,28 @@ def test_plan_runs_trains_evaluates_the_mismatch_and_refuses_another_configs_rec
     other = dict(steps[0].__dict__, lr=0.5)
     with pytest.raises(ValueError, match="holds another configuration; choose another name for this run"):
         experiments.run_grid([experiments.TrainConfig(**other)], corpus)
+
+
+def test_a_run_another_process_trains_is_left_to_it_and_the_plan_goes_on(tmp_path, monkeypatch):
+    """Two terminals on one plan: a run whose checkpoint another process holds is not trained twice."""
+    from fpcore.checkpoint import CheckpointBusy
+    from fpcore.train import find_record
+    from tests.test_checkpoint import held_elsewhere
+
+    monkeypatch.setenv("FPCORE_RESULTS_DIR", str(tmp_path / "results"))
+    corpus = markov_corpus()
+    small = dict(max_train_tokens=1000, progress=False, bptt=10, batch_size=4, eval_batch_size=4, hidden=12)
+    steps = experiments.plan("markov", "lm", "tiny", ks=(1,), schedule=dict(epochs=1, decay_after=1), **small)
+    bptt, others = steps[0], [s for s in steps[2:] if not isinstance(s, str)]
+    log: list[str] = []
+    with held_elsewhere(bptt.checkpoint) as holder:
+        with pytest.raises(CheckpointBusy, match=f"process {holder.pid} "):
+            fit(build_model(bptt, corpus.vocab_size), corpus, bptt)
+        assert not experiments.run_plan(steps, corpus, log=log.append), "not done: BPTT is left to its holder"
+        assert find_record(bptt) is None and not os.path.exists(bptt.checkpoint), "this process trained none of it"
+        assert all(find_record(s) for s in others), "the plan went on with the next steps"
+        assert any(line.startswith(f"{bptt.record_name}: skipped, left to the process") for line in log)
+    assert experiments.run_plan(steps, corpus, log=log.append), "once its holder is gone, the run is trained here"
 
 
 def _row(method="bptt", iters=None, stable=False, test_ppl=100.0, **kw):

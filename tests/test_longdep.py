@@ -99,12 +99,17 @@ def test_a_non_finite_loss_stops_before_the_step_with_the_last_finite_checkpoint
     assert all(bool(torch.isfinite(v).all()) for v in saved["model"].values())
 
 
-def test_resume_refuses_a_checkpoint_from_another_experiment(tmp_path):
+def test_resume_refuses_a_checkpoint_from_another_experiment_or_in_use(tmp_path):
     ckpt = tmp_path / "run.pt"
     train_longdep(LongDepConfig(max_iters=2, checkpoint=str(ckpt), save=False, device="cpu", **TINY))
     other = {**TINY, "hidden": 16}
     with pytest.raises(ValueError, match="hidden"):
         train_longdep(LongDepConfig(max_iters=4, checkpoint=str(ckpt), resume=True, save=False, device="cpu", **other))
+    from fpcore.checkpoint import CheckpointBusy
+    from tests.test_checkpoint import held_elsewhere
+
+    with held_elsewhere(ckpt), pytest.raises(CheckpointBusy, match="in use"):  # another process trains it now
+        train_longdep(LongDepConfig(max_iters=4, checkpoint=str(ckpt), resume=True, save=False, device="cpu", **TINY))
 
 
 def test_model_reads_the_lookup_inputs_like_dense_one_hots():
