@@ -656,7 +656,8 @@ def stable_pairs(rows: list[dict]) -> list[dict]:
 def format_analyses(records: list[dict]) -> str:
     """A Markdown table of :func:`analyse_run` records: smallest truncation and contraction per layer."""
     lines = [
-        "| run | recurrent ppl (valid tokens) | smallest k within 1% | ppl at k | contraction median / p90 / max "
+        "| run | recurrent ppl (valid tokens) | smallest k within 1% | ppl at that k (or the largest) | "
+        "contraction median / p90 / max "
         "(per layer) | steps > 1 | newton / quasi-Newton / loop ppl (valid tokens) |",
         "|---|---:|---:|---:|---|---|---|",
     ]
@@ -672,9 +673,11 @@ def format_analyses(records: list[dict]) -> str:
             else ""
         )
         n = f" ({a['eval_tokens']:,})" if "eval_tokens" in a else ""
+        largest = max(t["ppl"], key=int)  # none within 1%: how close the largest window came
+        at_k = f"{t['ppl'][str(k)]:.2f}" if k is not None else f"{t['ppl'][largest]:.2f} at k = {largest}"
         lines.append(
-            f"| {a['run']} | {t['recurrent_ppl']:.2f}{n} | {k if k is not None else '> ' + max(t['ppl'], key=int)} | "
-            f"{t['ppl'][str(k)] if k is not None else float('nan'):.2f} | {con} | {above} | {fps} |"
+            f"| {a['run']} | {t['recurrent_ppl']:.2f}{n} | {k if k is not None else '> ' + largest} | "
+            f"{at_k} | {con} | {above} | {fps} |"
         )
     return "\n".join(lines)
 

@@ -107,7 +107,7 @@ def test_format_analyses_shows_the_smallest_window_or_that_none_was_close():
     )
     table = experiments.format_analyses([found, none])
     assert "| lm_ptb_small_lstm_bptt_full | 120.00 | 2 | 121.00 | 0.50 / 0.80 / 1.20; 0.50 / 0.80 / 1.20 |" in table
-    assert "| lm_ptb_small_rnn_bptt_full | 120.00 | > 64 | nan |" in table
+    assert "| lm_ptb_small_rnn_bptt_full | 120.00 | > 64 | 130.00 at k = 64 |" in table
     found["fixed_point"] = dict(tokens=1000, ppl=dict(bptt=120.0, newton=120.0001, quasi_newton=119.9999))
     found["eval_tokens"] = 20_000
     table = experiments.format_analyses([found])
